@@ -1,0 +1,99 @@
+"""Mix Transformer block: pre-norm attention and Mix-FFN with drop path."""
+
+import keras
+
+from keras_segformer.layers.attention import EfficientSelfAttention
+from keras_segformer.layers.drop_path import DropPath
+from keras_segformer.layers.mix_ffn import MixFFN
+
+
+@keras.saving.register_keras_serializable(package="keras_segformer")
+class MiTBlock(keras.layers.Layer):
+    """``x + DropPath(Attn(LN(x)))`` then ``x + DropPath(MixFFN(LN(x)))``.
+
+    Args:
+        hidden_size: int. Channels.
+        num_heads: int. Attention heads.
+        sr_ratio: int. Key/value spatial reduction ratio.
+        mlp_ratio: float. Mix-FFN expansion (intermediate = hidden * ratio).
+        drop_path: float. Stochastic depth rate of this block.
+        dropout: float. Dropout on the attention output and in the Mix-FFN.
+        attention_dropout: float. Dropout on attention probabilities.
+        layer_norm_epsilon: float. Epsilon of every LayerNorm in the block.
+    """
+
+    def __init__(
+        self,
+        hidden_size,
+        num_heads,
+        sr_ratio=1,
+        mlp_ratio=4,
+        drop_path=0.0,
+        dropout=0.0,
+        attention_dropout=0.0,
+        layer_norm_epsilon=1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.mlp_ratio = mlp_ratio
+        self.drop_path_rate = drop_path
+        self.dropout_rate = dropout
+        self.attention_dropout = attention_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        policy = self.dtype_policy
+        self.norm1 = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=policy, name="norm1"
+        )
+        self.attention = EfficientSelfAttention(
+            hidden_size,
+            num_heads,
+            sr_ratio=sr_ratio,
+            attention_dropout=attention_dropout,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=policy,
+            name="attention",
+        )
+        self.attention_output_dropout = keras.layers.Dropout(
+            dropout, dtype=policy
+        )
+        self.norm2 = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=policy, name="norm2"
+        )
+        self.mlp = MixFFN(
+            hidden_size,
+            int(hidden_size * mlp_ratio),
+            dropout=dropout,
+            dtype=policy,
+            name="mlp",
+        )
+        self.drop_path = DropPath(drop_path, dtype=policy, name="drop_path")
+
+    def build(self, input_shape):
+        for layer in (self.norm1, self.attention, self.norm2, self.mlp):
+            layer.build(input_shape)
+
+    def call(self, x, training=None):
+        h = self.attention(self.norm1(x), training=training)
+        h = self.attention_output_dropout(h, training=training)
+        x = x + self.drop_path(h, training=training)
+        h = self.mlp(self.norm2(x), training=training)
+        return x + self.drop_path(h, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "num_heads": self.num_heads,
+            "sr_ratio": self.sr_ratio,
+            "mlp_ratio": self.mlp_ratio,
+            "drop_path": self.drop_path_rate,
+            "dropout": self.dropout_rate,
+            "attention_dropout": self.attention_dropout,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }

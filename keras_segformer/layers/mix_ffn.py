@@ -1,0 +1,59 @@
+"""Mix-FFN: Dense -> depthwise 3x3 conv -> GELU -> Dense."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_segformer")
+class MixFFN(keras.layers.Layer):
+    """Feed-forward block with a 3x3 depthwise convolution between the two
+    projections; the convolution leaks position information, so SegFormer
+    needs no positional encoding.
+
+    Args:
+        hidden_size: int. Input and output channels.
+        intermediate_size: int. Channels of the expanded middle.
+        dropout: float. Dropout after the activation and after the output
+            projection (transformers' ``hidden_dropout_prob``).
+    """
+
+    def __init__(self, hidden_size, intermediate_size, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.dropout_rate = dropout
+        self.dense1 = keras.layers.Dense(
+            intermediate_size, dtype=self.dtype_policy, name="dense1"
+        )
+        self.dwconv = keras.layers.DepthwiseConv2D(
+            3, padding="same", dtype=self.dtype_policy, name="dwconv"
+        )
+        self.dense2 = keras.layers.Dense(
+            hidden_size, dtype=self.dtype_policy, name="dense2"
+        )
+        self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.dense1.build(input_shape)
+        mid = tuple(input_shape[:-1]) + (self.intermediate_size,)
+        self.dwconv.build(mid)
+        self.dense2.build(mid)
+
+    def call(self, x, training=None):
+        x = self.dwconv(self.dense1(x))
+        # Exact (erf) GELU, as in the reference; not the tanh approximation.
+        x = ops.gelu(x, approximate=False)
+        x = self.dropout(x, training=training)
+        x = self.dense2(x)
+        return self.dropout(x, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "dropout": self.dropout_rate,
+        }

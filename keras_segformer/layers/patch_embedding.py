@@ -1,0 +1,80 @@
+"""Overlapping patch embedding: strided conv with symmetric padding + LN."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_segformer")
+class OverlappingPatchEmbedding(keras.layers.Layer):
+    """Embed overlapping patches: pad ``k // 2`` on every side, ``k x k``
+    convolution with stride ``s``, then LayerNorm.
+
+    Keras ``padding="same"`` pads asymmetrically when ``s > 1`` and would not
+    match the reference, hence the explicit symmetric padding. Output side:
+    ``floor((H + 2 * (k // 2) - k) / s) + 1``.
+
+    Args:
+        hidden_size: int. Output channels.
+        patch_size: int. Convolution kernel size ``k``.
+        stride: int. Convolution stride ``s``.
+        layer_norm_epsilon: float. LayerNorm epsilon.
+    """
+
+    def __init__(
+        self, hidden_size, patch_size, stride, layer_norm_epsilon=1e-5, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.patch_size = patch_size
+        self.stride = stride
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.proj = keras.layers.Conv2D(
+            hidden_size,
+            patch_size,
+            strides=stride,
+            padding="valid",
+            dtype=self.dtype_policy,
+            name="proj",
+        )
+        self.layer_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon,
+            dtype=self.dtype_policy,
+            name="layer_norm",
+        )
+
+    def build(self, input_shape):
+        pad = self.patch_size // 2
+        b, h, w, c = input_shape
+        padded = (
+            b,
+            None if h is None else h + 2 * pad,
+            None if w is None else w + 2 * pad,
+            c,
+        )
+        self.proj.build(padded)
+        self.layer_norm.build(self.proj.compute_output_shape(padded))
+
+    def call(self, x):
+        pad = self.patch_size // 2
+        if pad:
+            x = ops.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        return self.layer_norm(self.proj(x))
+
+    def compute_output_shape(self, input_shape):
+        def side(n):
+            if n is None:
+                return None
+            k, s = self.patch_size, self.stride
+            return (n + 2 * (k // 2) - k) // s + 1
+
+        b, h, w, _ = input_shape
+        return (b, side(h), side(w), self.hidden_size)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "patch_size": self.patch_size,
+            "stride": self.stride,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }

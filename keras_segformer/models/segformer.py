@@ -1,0 +1,161 @@
+"""SegFormer semantic segmentation model: MiT encoder + all-MLP decoder."""
+
+import keras
+
+from keras_segformer.layers import SegFormerHead
+from keras_segformer.models.mit import MiTBackbone
+
+
+def _label_maps(id2label, num_classes):
+    if id2label is None:
+        return None
+    id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+    if sorted(id2label) != list(range(num_classes)):
+        raise ValueError(
+            f"`id2label` must name classes 0..{num_classes - 1}. Received "
+            f"keys {sorted(id2label)[:10]}{'...' if len(id2label) > 10 else ''}."
+        )
+    return id2label
+
+
+class _TaskModel(keras.Model):
+    """Shared plumbing of the task models: labels and (de)serialization."""
+
+    @property
+    def label2id(self):
+        if self.id2label is None:
+            return None
+        return {v: k for k, v in self.id2label.items()}
+
+    def _base_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.layers.serialize(self.backbone),
+            "num_classes": self.num_classes,
+            "id2label": (
+                None
+                if self.id2label is None
+                else {str(k): v for k, v in self.id2label.items()}
+            ),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_segformer")
+class SegFormer(_TaskModel):
+    """SegFormer for semantic segmentation.
+
+    ``images -> logits`` of shape ``(batch, ceil(H / 4), ceil(W / 4),
+    num_classes)`` (exactly the size transformers gives), channels-last,
+    float32 even under a mixed-precision policy. Upsample the logits
+    bilinearly to the image size and take the argmax to get a mask (see
+    ``keras_segformer.inference``).
+
+    Args:
+        backbone: ``MiTBackbone``. The encoder.
+        num_classes: int. Number of classes (1 means binary, sigmoid).
+        decoder_hidden_size: int. Channels of the all-MLP decoder.
+        dropout: float. Dropout before the classifier
+            (transformers' ``classifier_dropout_prob``).
+        id2label: dict or None. Class index -> name, kept in the config.
+
+    Example:
+    >>> model = keras_segformer.SegFormerB0(num_classes=150)
+    >>> logits = model(np.zeros((1, 512, 512, 3), "float32"))  # 1x128x128x150
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_classes,
+        decoder_hidden_size=256,
+        dropout=0.1,
+        id2label=None,
+        name="segformer",
+        **kwargs,
+    ):
+        if not isinstance(backbone, MiTBackbone):
+            raise TypeError(
+                "`backbone` must be a keras_segformer.MiTBackbone. "
+                f"Received: {type(backbone).__name__}"
+            )
+        if int(num_classes) < 1:
+            raise ValueError(
+                f"`num_classes` must be >= 1. Received: {num_classes}"
+            )
+        num_classes = int(num_classes)
+        id2label = _label_maps(id2label, num_classes)
+        inputs = keras.Input(shape=backbone.image_shape, name="images")
+        features = backbone(inputs)
+        logits = SegFormerHead(
+            num_classes,
+            decoder_hidden_size=decoder_hidden_size,
+            dropout=dropout,
+            num_inputs=backbone.num_stages,
+            dtype=backbone.layer_dtype,
+            name="decode_head",
+        )(features)
+        super().__init__(inputs=inputs, outputs=logits, name=name, **kwargs)
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.decoder_hidden_size = decoder_hidden_size
+        self.dropout = dropout
+        self.id2label = id2label
+
+    def get_config(self):
+        return {
+            **self._base_config(),
+            "decoder_hidden_size": self.decoder_hidden_size,
+            "dropout": self.dropout,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_segformer")
+class MiTClassifier(_TaskModel):
+    """MiT image classifier (the ImageNet pre-training model).
+
+    Last stage features (after the stage LayerNorm) -> mean over positions ->
+    Dense. Returns float32 logits of shape ``(batch, num_classes)``.
+
+    Args:
+        backbone: ``MiTBackbone``. The encoder.
+        num_classes: int. Number of classes.
+        id2label: dict or None. Class index -> name, kept in the config.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_classes=1000,
+        id2label=None,
+        name="mit_classifier",
+        **kwargs,
+    ):
+        if not isinstance(backbone, MiTBackbone):
+            raise TypeError(
+                "`backbone` must be a keras_segformer.MiTBackbone. "
+                f"Received: {type(backbone).__name__}"
+            )
+        num_classes = int(num_classes)
+        id2label = _label_maps(id2label, num_classes)
+        inputs = keras.Input(shape=backbone.image_shape, name="images")
+        last = backbone(inputs)[-1]
+        pooled = keras.layers.GlobalAveragePooling2D(
+            dtype=backbone.layer_dtype, name="pool"
+        )(last)
+        logits = keras.layers.Dense(
+            num_classes, dtype="float32", name="classifier"
+        )(pooled)
+        super().__init__(inputs=inputs, outputs=logits, name=name, **kwargs)
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.id2label = id2label
+
+    def get_config(self):
+        return self._base_config()
