@@ -11,9 +11,11 @@ def _label_maps(id2label, num_classes):
         return None
     id2label = {int(k): str(v) for k, v in dict(id2label).items()}
     if sorted(id2label) != list(range(num_classes)):
+        keys = sorted(id2label)
         raise ValueError(
             f"`id2label` must name classes 0..{num_classes - 1}. Received "
-            f"keys {sorted(id2label)[:10]}{'...' if len(id2label) > 10 else ''}."
+            f"{len(keys)} keys from {keys[0] if keys else None} to "
+            f"{keys[-1] if keys else None}."
         )
     return id2label
 
