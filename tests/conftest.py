@@ -3,9 +3,11 @@
 
 import os
 
-import keras
-import numpy as np
-import pytest
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 BACKEND = keras.backend.backend()
 
@@ -46,4 +48,3 @@ def tiny_segformer(num_classes=5, **kwargs):
     )
 
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
