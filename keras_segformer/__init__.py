@@ -1,6 +1,7 @@
 """SegFormer semantic segmentation for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
 from keras_segformer import configs, layers
+from keras_segformer.convert import from_pretrained
 from keras_segformer.models import (
     MiTB0,
     MiTB0Classifier,
@@ -56,5 +57,6 @@ __all__ = [
     "build_mit",
     "build_segformer",
     "configs",
+    "from_pretrained",
     "layers",
 ]

@@ -1,5 +1,6 @@
 """Bilinear resize with PyTorch's ``align_corners=False`` semantics."""
 
+import keras
 from keras import ops
 
 
@@ -13,6 +14,12 @@ def resize_bilinear(x, size):
         x: tensor of shape ``(batch, height, width, channels)``.
         size: pair of ints or scalar tensors ``(height, width)``.
     """
+    if keras.backend.backend() == "tensorflow":
+        # keras.ops.image.resize validates `size` with Python comparisons,
+        # which fail on the symbolic sizes of a shape-polymorphic TF graph.
+        import tensorflow as tf
+
+        return tf.image.resize(x, size, method="bilinear", antialias=False)
     return ops.image.resize(
         x,
         size,

@@ -1,0 +1,370 @@
+"""Hugging Face transformers SegFormer checkpoints <-> Keras models.
+
+The canonical key names are those ``save_pretrained`` writes
+(``segformer.encoder.block.{i}.{j}.attention.self.query`` ...). The in-memory
+names of transformers 5.x (``segformer.stages.{i}.blocks.{j}.attention.q_proj``
+...) are renamed to them first, so both load.
+"""
+
+import json
+import os
+import re
+
+from keras_segformer.convert.assign import assign
+from keras_segformer.convert.state_dict import CheckpointError, read_state_dict
+from keras_segformer.models.builders import build_mit
+from keras_segformer.models.segformer import MiTClassifier, SegFormer
+
+# transformers 5.x in-memory name -> save_pretrained name (applied in order).
+_NEW_TO_SAVED = (
+    (r"\bstages\.(\d+)\.patch_embeddings\.", r"encoder.patch_embeddings.\1."),
+    (r"\bstages\.(\d+)\.blocks\.", r"encoder.block.\1."),
+    (r"\bstages\.(\d+)\.layer_norm\b", r"encoder.layer_norm.\1"),
+    (r"attention\.q_proj\b", "attention.self.query"),
+    (r"attention\.k_proj\b", "attention.self.key"),
+    (r"attention\.v_proj\b", "attention.self.value"),
+    (
+        r"attention\.sequence_reduction\.sequence_reduction\b",
+        "attention.self.sr",
+    ),
+    (
+        r"attention\.sequence_reduction\.layer_norm\b",
+        "attention.self.layer_norm",
+    ),
+    (r"attention\.o_proj\b", "attention.output.dense"),
+    (r"mlp\.fc1\b", "mlp.dense1"),
+    (r"mlp\.fc2\b", "mlp.dense2"),
+    (r"layernorm_before\b", "layer_norm_1"),
+    (r"layernorm_after\b", "layer_norm_2"),
+    (r"decode_head\.linear_projections\.", "decode_head.linear_c."),
+)
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+# Bookkeeping tensors with no Keras counterpart.
+SKIP_SUFFIXES = ("num_batches_tracked",)
+
+
+def canonicalize(state_dict):
+    """Rename transformers 5.x in-memory keys to ``save_pretrained`` keys and
+    add the ``segformer.`` prefix to bare ``SegformerModel`` keys."""
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        for pattern, repl in _NEW_TO_SAVED:
+            new = re.sub(pattern, repl, new)
+        if new.startswith("encoder."):
+            new = "segformer." + new
+        if new in out:
+            raise CheckpointError(f"Tensor {key!r} appears twice (as {new!r}).")
+        out[new] = value
+    return out
+
+
+def _norm(prefix, layer):
+    return [
+        (f"{prefix}.weight", layer.gamma, "identity"),
+        (f"{prefix}.bias", layer.beta, "identity"),
+    ]
+
+
+def _dense(prefix, layer, transform="linear"):
+    plan = [(f"{prefix}.weight", layer.kernel, transform)]
+    if layer.use_bias:
+        plan.append((f"{prefix}.bias", layer.bias, "identity"))
+    return plan
+
+
+def _conv(prefix, layer, transform="conv"):
+    return [
+        (f"{prefix}.weight", layer.kernel, transform),
+        (f"{prefix}.bias", layer.bias, "identity"),
+    ]
+
+
+def backbone_plan(backbone, prefix="segformer.encoder"):
+    """(hf key, keras variable, transform) for every MiT variable."""
+    plan = []
+    for s, depth in enumerate(backbone.depths):
+        embed = backbone.get_layer(f"stage{s + 1}_patch_embedding")
+        p = f"{prefix}.patch_embeddings.{s}"
+        plan += _conv(f"{p}.proj", embed.proj)
+        plan += _norm(f"{p}.layer_norm", embed.layer_norm)
+        for b in range(depth):
+            block = backbone.get_layer(f"stage{s + 1}_block{b + 1}")
+            p = f"{prefix}.block.{s}.{b}"
+            attn = block.attention
+            plan += _norm(f"{p}.layer_norm_1", block.norm1)
+            plan += _dense(f"{p}.attention.self.query", attn.query)
+            plan += _dense(f"{p}.attention.self.key", attn.key)
+            plan += _dense(f"{p}.attention.self.value", attn.value)
+            if attn.sr_ratio > 1:
+                plan += _conv(f"{p}.attention.self.sr", attn.sr)
+                plan += _norm(f"{p}.attention.self.layer_norm", attn.sr_norm)
+            plan += _dense(f"{p}.attention.output.dense", attn.output_dense)
+            plan += _norm(f"{p}.layer_norm_2", block.norm2)
+            plan += _dense(f"{p}.mlp.dense1", block.mlp.dense1)
+            plan += _conv(
+                f"{p}.mlp.dwconv.dwconv", block.mlp.dwconv, "depthwise"
+            )
+            plan += _dense(f"{p}.mlp.dense2", block.mlp.dense2)
+        plan += _norm(
+            f"{prefix}.layer_norm.{s}", backbone.get_layer(f"stage{s + 1}_norm")
+        )
+    return plan
+
+
+def head_plan(model):
+    """Plan for the task head of a ``SegFormer`` or ``MiTClassifier``."""
+    if isinstance(model, MiTClassifier):
+        return _dense("classifier", model.get_layer("classifier"))
+    head = model.get_layer("decode_head")
+    plan = []
+    for i, linear in enumerate(head.linear_c):
+        plan += _dense(f"decode_head.linear_c.{i}.proj", linear)
+    plan += _dense("decode_head.linear_fuse", head.linear_fuse, "conv1x1")
+    bn = head.batch_norm
+    plan += [
+        ("decode_head.batch_norm.weight", bn.gamma, "identity"),
+        ("decode_head.batch_norm.bias", bn.beta, "identity"),
+        ("decode_head.batch_norm.running_mean", bn.moving_mean, "identity"),
+        ("decode_head.batch_norm.running_var", bn.moving_variance, "identity"),
+    ]
+    plan += _dense("decode_head.classifier", head.classifier, "conv1x1")
+    return plan
+
+
+def model_plan(model):
+    """Full plan: backbone, plus the head for task models."""
+    if isinstance(model, (SegFormer, MiTClassifier)):
+        return backbone_plan(model.backbone) + head_plan(model)
+    return backbone_plan(model)
+
+
+def load_hf_weights(model, state_dict, *, backbone_only=False, source=None):
+    """Load a transformers SegFormer state dict into a Keras model.
+
+    Strict: a missing, unexpected or mis-shaped tensor raises
+    ``CheckpointError`` naming it, and nothing is assigned.
+
+    Args:
+        model: ``SegFormer``, ``MiTClassifier`` or ``MiTBackbone``.
+        state_dict: dict of numpy arrays, or a path to a checkpoint file.
+        backbone_only: bool. Load only the encoder; head tensors in the
+            checkpoint are skipped and the model's head keeps its values.
+        source: str. Name used in messages.
+
+    Returns:
+        ``LoadReport``.
+    """
+    if isinstance(state_dict, (str, os.PathLike)):
+        source = source or os.fspath(state_dict)
+        state_dict = read_state_dict(state_dict)
+    state_dict = canonicalize(state_dict)
+    skip = [k for k in state_dict if k.endswith(SKIP_SUFFIXES)]
+    backbone = getattr(model, "backbone", model)
+    if backbone_only:
+        plan = backbone_plan(backbone)
+        skip += [k for k in state_dict if not k.startswith("segformer.")]
+    else:
+        plan = model_plan(model)
+    return assign(plan, state_dict, skip=skip, source=source or "checkpoint")
+
+
+def config_to_kwargs(config):
+    """Map a transformers ``SegformerConfig`` dict to builder arguments.
+
+    Returns ``(backbone_kwargs, head_kwargs)``.
+    """
+    act = config.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(
+            f"Only hidden_act='gelu' is supported. The config has {act!r}."
+        )
+    required = (
+        "depths",
+        "hidden_sizes",
+        "num_attention_heads",
+        "sr_ratios",
+        "patch_sizes",
+        "strides",
+        "mlp_ratios",
+    )
+    missing = [k for k in required if k not in config]
+    if missing:
+        raise ValueError(f"config.json lacks SegFormer fields {missing}.")
+    backbone = {
+        "depths": config["depths"],
+        "hidden_sizes": config["hidden_sizes"],
+        "num_heads": config["num_attention_heads"],
+        "sr_ratios": config["sr_ratios"],
+        "patch_sizes": config["patch_sizes"],
+        "strides": config["strides"],
+        "mlp_ratios": config["mlp_ratios"],
+        "drop_path_rate": config.get("drop_path_rate", 0.1),
+        "dropout": config.get("hidden_dropout_prob", 0.0),
+        "attention_dropout": config.get("attention_probs_dropout_prob", 0.0),
+        "input_shape": (None, None, config.get("num_channels", 3)),
+    }
+    id2label = config.get("id2label")
+    num_classes = config.get("num_labels") or (
+        len(id2label) if id2label else None
+    )
+    head = {
+        "num_classes": num_classes,
+        "decoder_hidden_size": config.get("decoder_hidden_size", 256),
+        "dropout": config.get("classifier_dropout_prob", 0.1),
+        "id2label": id2label,
+    }
+    return backbone, head
+
+
+def _task_of(config, state_dict):
+    archs = config.get("architectures") or []
+    for arch in archs:
+        if "SemanticSegmentation" in arch:
+            return "segmentation"
+        if "ImageClassification" in arch:
+            return "classification"
+        if arch == "SegformerModel":
+            return "backbone"
+    if any(k.startswith("decode_head.") for k in state_dict):
+        return "segmentation"
+    if any(k.startswith("classifier.") for k in state_dict):
+        return "classification"
+    return "backbone"
+
+
+def _resolve_directory(path_or_id):
+    if os.path.isdir(path_or_id):
+        return path_or_id
+    if os.path.exists(path_or_id):
+        raise ValueError(
+            f"{path_or_id!r} is a file; from_pretrained expects a directory "
+            "with config.json (use load_hf_weights for a bare weights file)."
+        )
+    if path_or_id.count("/") != 1 or path_or_id.startswith((".", "/")):
+        raise FileNotFoundError(f"No such directory: {path_or_id!r}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise ImportError(
+            f"{path_or_id!r} is not a local directory; downloading it from "
+            "the Hugging Face Hub needs `huggingface_hub`."
+        ) from e
+    try:
+        return snapshot_download(
+            path_or_id,
+            allow_patterns=["config.json", "*.safetensors", "*.json", "*.bin"],
+        )
+    except Exception as e:
+        raise OSError(
+            f"Could not fetch {path_or_id!r} from the Hugging Face Hub "
+            f"({type(e).__name__}: {e}). Offline? Pass a local directory "
+            "written by save_pretrained."
+        ) from e
+
+
+def from_pretrained(
+    path_or_id,
+    *,
+    task=None,
+    num_classes=None,
+    id2label=None,
+    backbone_only=False,
+    **kwargs,
+):
+    """Build the Keras model of a transformers SegFormer checkpoint.
+
+    Reads ``config.json`` and ``model.safetensors`` (or
+    ``pytorch_model.bin``, read with ``weights_only=True``) from a directory
+    written by ``save_pretrained``, or a Hub model id when online.
+
+    Args:
+        path_or_id: str. Local directory or Hub id
+            (e.g. ``"nvidia/segformer-b0-finetuned-ade-512-512"``).
+        task: str or None. ``"segmentation"``, ``"classification"`` or
+            ``"backbone"``; default from the config's ``architectures``.
+        num_classes: int or None. A different class count needs
+            ``backbone_only=True`` (fresh head).
+        id2label: dict or None. Class names for a new head.
+        backbone_only: bool. Load only the encoder weights.
+        **kwargs: backbone options: ``input_shape``,
+            ``include_preprocessing``, ``dtype``, ``drop_path_rate``, ...
+
+    Returns:
+        ``SegFormer``, ``MiTClassifier`` or ``MiTBackbone`` with the weights.
+        ``model.load_report`` says what was loaded.
+
+    Example:
+    >>> model = keras_segformer.from_pretrained("out/hf-b0")
+    """
+    directory = _resolve_directory(os.fspath(path_or_id))
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"No config.json in {directory!r}.")
+    with open(config_path) as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"Corrupt {config_path!r}: {e}") from e
+    weights = next(
+        (
+            os.path.join(directory, name)
+            for name in WEIGHT_FILES
+            if os.path.isfile(os.path.join(directory, name))
+        ),
+        None,
+    )
+    if weights is None:
+        raise FileNotFoundError(
+            f"No weights in {directory!r}: expected one of {WEIGHT_FILES}."
+        )
+    state_dict = canonicalize(read_state_dict(weights))
+    task = task or _task_of(config, state_dict)
+    if task not in ("segmentation", "classification", "backbone"):
+        raise ValueError(
+            "`task` must be 'segmentation', 'classification' or 'backbone'. "
+            f"Received: {task!r}"
+        )
+    backbone_kwargs, head_kwargs = config_to_kwargs(config)
+    if "input_shape" in kwargs and kwargs["input_shape"] is not None:
+        backbone_kwargs.pop("input_shape")
+    backbone_kwargs.update(kwargs)
+    backbone = build_mit(**backbone_kwargs)
+    if task == "backbone":
+        model = backbone
+        backbone_only = True
+    else:
+        if (
+            num_classes is not None
+            and num_classes != head_kwargs["num_classes"]
+            and not backbone_only
+        ):
+            raise ValueError(
+                f"The checkpoint has {head_kwargs['num_classes']} classes, "
+                f"num_classes={num_classes} was asked for: pass "
+                "backbone_only=True to load the encoder into a new head."
+            )
+        if num_classes is not None:
+            head_kwargs["num_classes"] = num_classes
+            head_kwargs["id2label"] = id2label
+        elif id2label is not None:
+            head_kwargs["id2label"] = id2label
+        if head_kwargs["num_classes"] is None:
+            raise ValueError("config.json gives no number of classes.")
+        if task == "segmentation":
+            model = SegFormer(backbone, **head_kwargs)
+        else:
+            head_kwargs.pop("decoder_hidden_size")
+            head_kwargs.pop("dropout")
+            model = MiTClassifier(backbone, **head_kwargs)
+    model.load_report = load_hf_weights(
+        model, state_dict, backbone_only=backbone_only, source=weights
+    )
+    return model
