@@ -1,0 +1,241 @@
+"""``make_dataset``: image / mask files -> batched ``tf.data`` pipeline.
+
+``tf.data`` is the input side on every Keras backend: ``model.fit`` on JAX
+and PyTorch consumes a ``tf.data.Dataset`` as well.
+"""
+
+import numbers
+
+import tensorflow as tf
+
+from keras_segformer.data import augment
+from keras_segformer.data.loading import (
+    IGNORE_INDEX,
+    LabelTransform,
+    load_pair,
+    resolve_pairs,
+    validate_pairs,
+)
+
+
+def _pair(value, name):
+    if isinstance(value, numbers.Integral):
+        value = (value, value)
+    value = tuple(value)
+    if len(value) != 2 or any(
+        not isinstance(v, numbers.Integral) or v < 1 for v in value
+    ):
+        raise ValueError(
+            f"`{name}` must be an int or a pair of positive ints. "
+            f"Received: {value!r}"
+        )
+    return int(value[0]), int(value[1])
+
+
+def _check_stats(mean, std):
+    if (mean is None) != (std is None):
+        raise ValueError(
+            "`mean` and `std` must both be given or both be None. "
+            f"Received mean={mean!r}, std={std!r}"
+        )
+    if mean is None:
+        return None, None
+    mean = tuple(float(m) for m in mean)
+    std = tuple(float(s) for s in std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(
+            "`mean` and `std` must be 3 floats each (RGB, 0..255 scale), "
+            f"std > 0. Received mean={mean}, std={std}"
+        )
+    return mean, std
+
+
+def make_dataset(
+    images,
+    masks,
+    *,
+    batch_size,
+    training,
+    crop_size=(512, 512),
+    num_classes=None,
+    base_size=(2048, 512),
+    ratio_range=(0.5, 2.0),
+    cat_max_ratio=0.75,
+    reduce_labels=False,
+    label_map=None,
+    mean=augment.IMAGENET_MEAN_255,
+    std=augment.IMAGENET_STD_255,
+    shuffle=None,
+    seed=None,
+    repeat=False,
+    eval_size=None,
+    photometric=True,
+    flip_prob=0.5,
+    validate=False,
+    drop_remainder=False,
+):
+    """Build a batched ``tf.data`` pipeline of ``(image, label)`` pairs.
+
+    Yields ``image`` float32 ``(B, H, W, 3)`` (RGB, normalized with
+    ``mean``/``std`` on the 0..255 scale: with the defaults this equals
+    transformers' rescale + ImageNet normalize) and ``label`` int32
+    ``(B, H, W)`` with 255 for ignored pixels.
+
+    Training (``training=True``) applies the mmseg / SegFormer recipe:
+    random rescale of ``base_size`` by a ratio in ``ratio_range`` (aspect
+    kept, image fits in the box), random crop ``crop_size`` with
+    ``cat_max_ratio``, horizontal flip, photometric distortion, normalize,
+    pad to ``crop_size`` (image 0, label 255); see
+    ``keras_segformer.data.augment``. Evaluation applies no augmentation:
+    the whole image, or the image resized to ``eval_size``; whole images of
+    different sizes in one batch are padded to the largest (image 0,
+    label 255), so use ``batch_size=1`` to feed them unchanged.
+
+    Files are decoded with PIL in parallel (``num_parallel_calls=AUTOTUNE``)
+    and batches are prefetched. Masks are single-channel class-id images or
+    palette PNGs (indices are the ids). Errors (unreadable file, image and
+    mask sizes differing, a multi-channel non-palette mask, ids
+    ``>= num_classes``) name the offending file; they are raised while
+    iterating, or up front with ``validate=True``.
+
+    Args:
+        images: folder or list of image files (jpg, png, ...). A folder is
+            searched recursively and paired with ``masks`` by name.
+        masks: folder or list of mask files (png), paired by position.
+        batch_size: int. Batch size.
+        training: bool. Augment (training) or not (evaluation).
+        crop_size: int or ``(height, width)``. Training output size.
+        num_classes: int or None. When given, label ids (after remapping)
+            other than 255 must be below it.
+        base_size: pair of ints or None. mmseg ``img_scale`` (long and
+            short edge of the rescale box, any order); None disables the
+            rescale.
+        ratio_range: pair of floats or None. Rescale ratio range.
+        cat_max_ratio: float. Crop retry threshold (1.0 disables).
+        reduce_labels: bool. ADE20K: 0 -> 255, k -> k - 1, 255 stays.
+        label_map: dict or None. Raw id -> training id; ids not in the map
+            become 255. Applied before ``reduce_labels``.
+        mean: 3 floats or None. Normalization mean on 0..255 RGB.
+        std: 3 floats or None. Normalization std; None with ``mean=None``
+            yields 0..255 images (for models with in-model preprocessing).
+        shuffle: bool or None. Shuffle the files every epoch; None means
+            ``training``.
+        seed: int or None. Makes shuffling and augmentation reproducible.
+        repeat: bool. Repeat forever (then pass ``steps_per_epoch``).
+        eval_size: None, int or ``(height, width)``. Evaluation resize:
+            int sets the short side (aspect kept), a pair the exact size.
+            Images are resized bilinearly (antialiased), labels with
+            nearest neighbour.
+        photometric: bool. Photometric distortion in training.
+        flip_prob: float. Horizontal flip probability in training.
+        validate: bool. Read every image header and decode every mask up
+            front to report problems before training starts.
+        drop_remainder: bool. Drop the last incomplete batch.
+
+    Returns:
+        ``tf.data.Dataset`` of ``(images, labels)`` batches.
+
+    Example:
+    >>> files = keras_segformer.data.ade20k("ADEChallengeData2016", "train")
+    >>> ds = make_dataset(files.images, files.masks, batch_size=16,
+    ...     training=True, num_classes=150, reduce_labels=True, seed=0,
+    ...     repeat=True)
+    >>> model.fit(ds, steps_per_epoch=1000)
+    """
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(
+            f"`batch_size` must be a positive int. Received: {batch_size!r}"
+        )
+    batch_size = int(batch_size)
+    crop_size = _pair(crop_size, "crop_size")
+    if base_size is not None:
+        base_size = _pair(base_size, "base_size")
+    if ratio_range is not None:
+        ratio_range = tuple(float(r) for r in ratio_range)
+        if len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]:
+            raise ValueError(
+                "`ratio_range` must be (min, max) with 0 < min <= max. "
+                f"Received: {ratio_range!r}"
+            )
+    if eval_size is not None and not isinstance(eval_size, numbers.Integral):
+        eval_size = _pair(eval_size, "eval_size")
+    elif eval_size is not None:
+        eval_size = _pair(eval_size, "eval_size")[0]
+    mean, std = _check_stats(mean, std)
+    label_transform = LabelTransform(reduce_labels, label_map, num_classes)
+
+    image_paths, mask_paths = resolve_pairs(images, masks)
+    if validate:
+        validate_pairs(image_paths, mask_paths, label_transform)
+
+    def load(image_path, mask_path):
+        image, label = load_pair(
+            image_path.decode(), mask_path.decode(), label_transform
+        )
+        return image, label
+
+    def load_tf(image_path, mask_path):
+        image, label = tf.numpy_function(
+            load, [image_path, mask_path], [tf.uint8, tf.int32], stateful=False
+        )
+        image.set_shape([None, None, 3])
+        label.set_shape([None, None])
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
+    if shuffle is None:
+        shuffle = training
+    if shuffle:
+        ds = ds.shuffle(
+            len(image_paths), seed=seed, reshuffle_each_iteration=True
+        )
+    if repeat:
+        ds = ds.repeat()
+
+    if training:
+        # One independent stateless seed per element; rerandomized every
+        # epoch, reproducible when `seed` is given.
+        seeds = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True
+        ).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+
+        def train_map(paths, element_seed):
+            image, label = load_tf(*paths)
+            return augment.train_transform(
+                image,
+                label,
+                element_seed,
+                crop_size=crop_size,
+                base_size=base_size,
+                ratio_range=ratio_range,
+                cat_max_ratio=cat_max_ratio,
+                flip_prob=flip_prob,
+                photometric=photometric,
+                mean=mean,
+                std=std,
+            )
+
+        ds = ds.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+
+        def eval_map(image_path, mask_path):
+            image, label = load_tf(image_path, mask_path)
+            return augment.eval_transform(
+                image, label, eval_size=eval_size, mean=mean, std=std
+            )
+
+        ds = ds.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE)
+        if isinstance(eval_size, tuple) or batch_size == 1:
+            ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        else:
+            ds = ds.padded_batch(
+                batch_size,
+                padding_values=(
+                    tf.constant(0.0, tf.float32),
+                    tf.constant(IGNORE_INDEX, tf.int32),
+                ),
+                drop_remainder=drop_remainder,
+            )
+    return ds.prefetch(tf.data.AUTOTUNE)
