@@ -99,13 +99,19 @@ def random_rescale(image, label, seed, base_size, ratio_range=(0.5, 2.0)):
     return resize_pair(image, label, size)
 
 
-def _crop_is_mixed(label, offset, crop_size, cat_max_ratio):
-    """mmseg's test: > 1 class and none above cat_max_ratio (255 ignored)."""
-    crop = label[
-        offset[0] : offset[0] + crop_size[0],
-        offset[1] : offset[1] + crop_size[1],
-    ]
-    values = tf.reshape(crop, [-1])
+def is_balanced_crop(label, cat_max_ratio=0.75):
+    """mmseg's crop test: > 1 class and each below ``cat_max_ratio``.
+
+    Ratios are of the non-ignored pixels: 255 counts for nothing.
+
+    Args:
+        label: int32 ``(h, w)``. Label of a candidate crop.
+        cat_max_ratio: float. Largest allowed share of one class.
+
+    Returns:
+        bool scalar tensor.
+    """
+    values = tf.reshape(label, [-1])
     values = tf.boolean_mask(values, values != IGNORE_INDEX)
     counts = tf.math.bincount(values, minlength=1)
     present = tf.math.count_nonzero(counts)
@@ -159,7 +165,10 @@ def random_crop(
             return tf.logical_and(i < max_tries, tf.logical_not(ok))
 
         def body(i, offset, ok):
-            ok = _crop_is_mixed(label, offset, (crop_h, crop_w), cat_max_ratio)
+            crop = label[
+                offset[0] : offset[0] + crop_h, offset[1] : offset[1] + crop_w
+            ]
+            ok = is_balanced_crop(crop, cat_max_ratio)
             offset = tf.where(ok, offset, draw(i + 1))
             return i + 1, offset, ok
 
@@ -248,7 +257,8 @@ def photometric_distortion(
         contrast_first, lambda: maybe(2, contrast, image), lambda: image
     )
     image = maybe(4, saturation, image)
-    image = maybe(6, hue, image)
+    if hue_delta > 0:
+        image = maybe(6, hue, image)
     image = tf.cond(
         contrast_first, lambda: image, lambda: maybe(2, contrast, image)
     )
