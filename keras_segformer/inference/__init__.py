@@ -3,8 +3,8 @@ palettes and visualization.
 
 Example:
 >>> from keras_segformer import inference
->>> logits = model.predict(inference.preprocess("room.jpg"))
->>> mask = inference.postprocess(logits, [(480, 640)])[0]
+>>> segmenter = inference.Segmenter(model, size=(512, 512))
+>>> mask = segmenter("room.jpg")
 >>> inference.save_prediction("room.jpg", mask, "out", "room", "ade20k",
 ...                           inference.get_class_names("ade20k"))
 """
@@ -33,6 +33,7 @@ from keras_segformer.inference.processing import (
     resize_logits,
     resolve_size,
 )
+from keras_segformer.inference.segmenter import Segmenter, slide_windows
 from keras_segformer.inference.visualize import (
     colorize,
     draw_legend,
@@ -49,6 +50,7 @@ __all__ = [
     "CITYSCAPES_PALETTE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Segmenter",
     "colorize",
     "draw_legend",
     "generic_palette",
@@ -69,4 +71,5 @@ __all__ = [
     "resolve_size",
     "save_mask",
     "save_prediction",
+    "slide_windows",
 ]
