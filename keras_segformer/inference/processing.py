@@ -397,9 +397,12 @@ def _resize_axis(x, out_size, axis):
     shape = [1] * x.ndim
     shape[axis] = out_size
     w_high = w_high.reshape(shape)
-    lo = np.take(x, low, axis=axis)
-    hi = np.take(x, high, axis=axis)
-    return lo + (hi - lo) * w_high
+    out = np.take(x, low, axis=axis)
+    delta = np.take(x, high, axis=axis)
+    delta -= out
+    delta *= w_high
+    out += delta
+    return out
 
 
 def _to_numpy(x):
@@ -430,8 +433,10 @@ def resize_logits(logits, size):
         )
     height, width = _check_pair(size, "size")
     offset = x.ndim - 3
-    x = _resize_axis(x, height, offset)
-    return _resize_axis(x, width, offset + 1)
+    # Width first: the gather along the row axis then runs on the smaller
+    # array, and the row gather copies whole contiguous rows.
+    x = _resize_axis(x, width, offset + 1)
+    return _resize_axis(x, height, offset)
 
 
 def logits_to_mask(logits):

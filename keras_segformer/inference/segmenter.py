@@ -85,7 +85,10 @@ class Segmenter:
     mmseg's. A single view returns its logits unchanged.
 
     Inputs (views or windows) of the same shape are batched together,
-    ``batch_size`` at a time, across the images of a call.
+    ``batch_size`` at a time, across the images of a call. Each new input
+    shape compiles the model once (slow on JAX): in whole mode on images
+    of many sizes, bound the number of shapes with a fixed ``size`` or a
+    ``size_divisor``, or use slide mode (padded windows share one shape).
 
     Args:
         model: ``keras.Model`` (or a callable) mapping a float32 batch
