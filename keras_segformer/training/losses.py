@@ -1,0 +1,275 @@
+"""SegFormer's training loss: upsample the logits, then masked cross-entropy.
+
+The numbers equal the ``loss`` of transformers'
+``SegformerForSemanticSegmentation`` (``modeling_segformer.py``).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_segformer.layers.resize import resize_bilinear
+
+_MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
+
+try:
+    # Keras' own losses divide their mean by the number of replicas under
+    # tf.distribute (a no-op elsewhere); do the same. Private, hence guarded.
+    from keras.src.losses.loss import scale_loss_for_distribution
+except ImportError:  # pragma: no cover - older/newer Keras layouts
+
+    def scale_loss_for_distribution(value):
+        return value
+
+
+def _concrete_bool(x):
+    """``bool(x)`` for an eager tensor; ``None`` while tracing (tf.function,
+    jax.jit), where the value is not known yet."""
+    try:
+        return bool(ops.convert_to_numpy(x))
+    except Exception:  # symbolic tensor or tracer: no value to read
+        return None
+
+
+def _spatial_size(labels):
+    static = tuple(labels.shape[1:3])
+    if all(isinstance(n, int) for n in static):
+        return static
+    dynamic = ops.shape(labels)
+    return (dynamic[1], dynamic[2])
+
+
+def _as_labels(y_true):
+    labels = ops.convert_to_tensor(y_true)
+    try:
+        rank = len(labels.shape)
+    except ValueError:  # TF shape of unknown rank
+        rank = None
+    if rank is None:
+        raise ValueError(
+            "`y_true` has an unknown rank. This happens when a TensorFlow "
+            "function is retraced after the label rank changed (for "
+            "example (B, H, W) then (B, H, W, 1)): keep one label rank, or "
+            "compile the model again."
+        )
+    if rank == 4 and labels.shape[-1] == 1:
+        labels = ops.squeeze(labels, axis=-1)
+    if len(labels.shape) != 3:
+        raise ValueError(
+            "`y_true` must hold integer labels of shape (batch, height, "
+            f"width) or (batch, height, width, 1). Received shape "
+            f"{tuple(labels.shape)}."
+        )
+    return ops.cast(labels, "int32")
+
+
+def _broadcast_sample_weight(sample_weight, dtype):
+    """Per-sample ``(B,)`` or per-pixel ``(B, H, W[, 1])`` -> broadcastable
+    to ``(B, H, W)``."""
+    sample_weight = ops.convert_to_tensor(sample_weight, dtype=dtype)
+    rank = len(sample_weight.shape)
+    if rank == 4 and sample_weight.shape[-1] == 1:
+        return ops.squeeze(sample_weight, axis=-1)
+    if rank == 3:
+        return sample_weight
+    if rank == 2 and sample_weight.shape[-1] == 1:
+        sample_weight = ops.squeeze(sample_weight, axis=-1)
+        rank = 1
+    if rank == 1:
+        return ops.reshape(sample_weight, (-1, 1, 1))
+    if rank == 0:
+        return sample_weight
+    raise ValueError(
+        "`sample_weight` must have shape (batch,), (batch, height, width) or "
+        f"(batch, height, width, 1). Received shape "
+        f"{tuple(sample_weight.shape)}."
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_segformer")
+class SegFormerLoss(keras.losses.Loss):
+    """Upsample logits to the label size, then cross-entropy ignoring 255.
+
+    ``y_pred`` are the model's logits ``(batch, h, w, num_classes)`` at 1/4
+    resolution; ``y_true`` integer labels ``(batch, H, W)`` or
+    ``(batch, H, W, 1)`` at full resolution. The logits are resized
+    bilinearly to ``(H, W)`` (PyTorch ``align_corners=False``), then:
+
+    - ``num_classes > 1``: softmax cross-entropy averaged over the pixels
+      whose label is not ``ignore_index``, over the whole batch: the same
+      number as ``torch.nn.CrossEntropyLoss(ignore_index=255)``. With
+      ``class_weights`` it is the weighted mean (sum of weighted losses over
+      the sum of the weights of the valid pixels), as torch's ``weight=``.
+    - ``num_classes == 1``: sigmoid binary cross-entropy with the
+      ``ignore_index`` (and negative) pixels zeroed, then averaged over ALL
+      pixels, ignored ones included. That is what transformers computes,
+      ``(loss * valid_mask).mean()``, so it is matched on purpose.
+
+    A batch in which every pixel is ignored gives 0 (torch gives NaN), so a
+    fully unlabelled crop does not poison training.
+
+    ``sample_weight`` (per sample ``(batch,)`` or per pixel) multiplies each
+    pixel's weight, like ``class_weights``; the multi-class mean divides by
+    the total weight, the binary mean by the pixel count. Keras' generic
+    reduction is not applied on top: whatever ``reduction`` says, the value
+    is computed here.
+
+    Label checking (``check_labels=True``): a label outside
+    ``[0, num_classes)`` that is not ``ignore_index`` (binary: a label > 1)
+    raises ``ValueError`` when the loss runs eagerly; inside a compiled
+    function (``tf.function``, ``jax.jit``) it cannot raise and the loss
+    becomes NaN instead. With ``check_labels=False`` such pixels are
+    ignored.
+
+    Args:
+        ignore_index: int. Label value that is neither scored nor counted.
+        class_weights: sequence of floats or None. One weight per class
+            (``num_classes > 1`` only).
+        check_labels: bool. Validate the label values (see above).
+        reduction: str or None. ``"sum_over_batch_size"`` / ``"mean"`` /
+            ``"mean_with_sample_weight"``: the mean described above;
+            ``"sum"``: sum of the weighted pixel losses; ``None`` /
+            ``"none"``: the weighted per-pixel losses ``(batch, H, W)``.
+        name: str. Name of the loss.
+        dtype: dtype of the computation (default float32 / ``floatx``).
+
+    Example:
+    >>> model.compile(optimizer="adamw", loss=SegFormerLoss())
+    >>> SegFormerLoss()(labels, logits)  # scalar
+    """
+
+    def __init__(
+        self,
+        ignore_index=255,
+        class_weights=None,
+        check_labels=True,
+        reduction="sum_over_batch_size",
+        name="segformer_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.ignore_index = int(ignore_index)
+        if class_weights is not None:
+            class_weights = [float(w) for w in np.ravel(class_weights)]
+            if any(w < 0 for w in class_weights):
+                raise ValueError(
+                    "`class_weights` must be non-negative. Received: "
+                    f"{class_weights}"
+                )
+        self.class_weights = class_weights
+        self.check_labels = bool(check_labels)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        with keras.name_scope(self.name):
+            losses, weights, count = self._pixel_losses(
+                y_true, y_pred, sample_weight
+            )
+            weighted = losses * weights
+            if self.reduction in (None, "none"):
+                return weighted
+            total = ops.sum(weighted)
+            if self.reduction == "sum":
+                return total
+            return scale_loss_for_distribution(ops.divide_no_nan(total, count))
+
+    def call(self, y_true, y_pred):
+        """Weighted per-pixel losses ``(batch, H, W)``, ignored pixels 0."""
+        losses, weights, _ = self._pixel_losses(y_true, y_pred, None)
+        return losses * weights
+
+    def _pixel_losses(self, y_true, y_pred, sample_weight):
+        """Per-pixel losses, per-pixel weights and the mean's denominator."""
+        logits = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+        if len(logits.shape) != 4 or not isinstance(logits.shape[-1], int):
+            raise ValueError(
+                "`y_pred` must be logits of shape (batch, height, width, "
+                f"num_classes) with a known num_classes. Received shape "
+                f"{tuple(logits.shape)}."
+            )
+        num_classes = logits.shape[-1]
+        labels = _as_labels(y_true)
+        size = _spatial_size(labels)
+        if tuple(logits.shape[1:3]) != size:
+            logits = resize_bilinear(logits, size)
+
+        ignored = ops.equal(labels, self.ignore_index)
+        if num_classes == 1:
+            if self.class_weights is not None:
+                raise ValueError(
+                    "`class_weights` needs num_classes > 1; the logits have "
+                    "a single channel (binary, sigmoid)."
+                )
+            # transformers: valid = (labels >= 0) & (labels != ignore_index).
+            valid = ops.logical_and(
+                ops.logical_not(ignored), ops.greater_equal(labels, 0)
+            )
+            bad = ops.logical_and(valid, ops.greater(labels, 1))
+        else:
+            in_range = ops.logical_and(
+                ops.greater_equal(labels, 0), ops.less(labels, num_classes)
+            )
+            valid = in_range
+            bad = ops.logical_not(ops.logical_or(in_range, ignored))
+        poison = None
+        if self.check_labels:
+            poison = self._check(labels, bad, num_classes)
+        valid = ops.logical_and(valid, ops.logical_not(bad))
+        safe = ops.where(valid, labels, 0)
+
+        if num_classes == 1:
+            x = logits[..., 0]
+            y = ops.cast(safe, x.dtype)
+            # Stable BCE-with-logits: max(x, 0) - x * y + log(1 + e^-|x|).
+            losses = ops.relu(x) - x * y + ops.log1p(ops.exp(-ops.absolute(x)))
+        else:
+            picked = ops.take_along_axis(
+                logits, ops.expand_dims(safe, -1), axis=-1
+            )[..., 0]
+            losses = ops.logsumexp(logits, axis=-1) - picked
+
+        weights = ops.cast(valid, losses.dtype)
+        if self.class_weights is not None:
+            if len(self.class_weights) != num_classes:
+                raise ValueError(
+                    f"`class_weights` has {len(self.class_weights)} entries "
+                    f"but the logits have {num_classes} classes."
+                )
+            table = ops.convert_to_tensor(self.class_weights, losses.dtype)
+            weights = weights * ops.take(table, safe)
+        if sample_weight is not None:
+            weights = weights * _broadcast_sample_weight(
+                sample_weight, losses.dtype
+            )
+        if poison is not None:
+            losses = ops.where(poison, float("nan"), losses)
+
+        if num_classes == 1:
+            count = ops.cast(ops.size(losses), losses.dtype)
+        else:
+            count = ops.sum(weights)
+        return losses, weights, count
+
+    def _check(self, labels, bad, num_classes):
+        """Raise on bad labels when eager; else return the NaN flag."""
+        any_bad = ops.any(bad)
+        flag = _concrete_bool(any_bad)
+        if flag is None:
+            return any_bad
+        if flag:
+            values = ops.convert_to_numpy(labels)[ops.convert_to_numpy(bad)]
+            expected = "0 or 1" if num_classes == 1 else f"0..{num_classes - 1}"
+            raise ValueError(
+                f"Labels must be {expected} or ignore_index="
+                f"{self.ignore_index}. Received invalid values "
+                f"{sorted(set(values.tolist()))[:10]} in {values.size} "
+                "pixels. Pass check_labels=False to ignore such pixels."
+            )
+        return None
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "ignore_index": self.ignore_index,
+            "class_weights": self.class_weights,
+            "check_labels": self.check_labels,
+        }
