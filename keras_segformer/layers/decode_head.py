@@ -77,14 +77,29 @@ class SegFormerHead(keras.layers.Layer):
         self.classifier.build(out)
 
     def call(self, features, training=None):
+        # linear_fuse(concat([up(linear_c4(c4)), ..., linear_c1(c1)])) is
+        # computed as sum_i up(c_i @ (K_i @ F_i) + b_i @ F_i), with F_i the
+        # rows of the fuse kernel that multiply scale i. Projection, bilinear
+        # resize (weights sum to 1) and the bias-free fuse are all linear,
+        # so this is the same function; it skips the 4*D-channel concat at
+        # 1/4 resolution and the widest matmul of the head.
         size = ops.shape(features[0])[1:3]
-        unified = []
+        dim = self.decoder_hidden_size
+        fuse = ops.cast(self.linear_fuse.kernel, self.compute_dtype)
+        x = None
         for i, (feature, linear) in enumerate(zip(features, self.linear_c)):
-            x = linear(feature)
+            j = self.num_inputs - 1 - i  # concat order is [c4, c3, c2, c1]
+            rows = fuse[j * dim : (j + 1) * dim]
+            kernel = ops.matmul(
+                ops.cast(linear.kernel, self.compute_dtype), rows
+            )
+            bias = ops.matmul(
+                ops.cast(linear.bias, self.compute_dtype)[None], rows
+            )[0]
+            y = ops.matmul(feature, kernel) + bias
             if i > 0:
-                x = resize_bilinear(x, size)
-            unified.append(x)
-        x = self.linear_fuse(ops.concatenate(unified[::-1], axis=-1))
+                y = resize_bilinear(y, size)
+            x = y if x is None else x + y
         x = ops.relu(self.batch_norm(x, training=training))
         x = self.dropout(x, training=training)
         return self.classifier(x)
