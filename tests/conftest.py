@@ -46,5 +46,3 @@ def tiny_segformer(num_classes=5, **kwargs):
     return keras_segformer.build_segformer(
         num_classes, decoder_hidden_size=TINY_DECODER, **TINY, **kwargs
     )
-
-
