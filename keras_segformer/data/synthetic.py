@@ -27,7 +27,7 @@ from keras_segformer.data.readers import SegmentationFiles, folder
 CLASSES = (
     ("red_disc", (215, 40, 40), "dots", "circle"),
     ("green_box", (40, 180, 60), "hstripes", "rectangle"),
-    ("blue_triangle", (45, 75, 215), "checker", "triangle"),
+    ("blue_triangle", (60, 110, 240), "checker", "triangle"),
     ("yellow_band", (225, 205, 40), "diagonal", "band"),
     ("magenta_ellipse", (205, 50, 195), "rings", "ellipse"),
     ("cyan_blob", (40, 195, 205), "speckle", "blob"),
@@ -131,21 +131,21 @@ def _shape(kind, rng, yy, xx, size):
         v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
         return (u / a) ** 2 + (v / b) ** 2 < 1, (cy, cx)
     if kind == "band":
-        half = rng.uniform(0.06, 0.12) * side
+        half = rng.uniform(0.09, 0.16) * side
         d = (xx - cx) * np.sin(angle) - (yy - cy) * np.cos(angle)
         return np.abs(d) < half, (cy, cx)
     if kind == "rectangle":
         half = rng.uniform(0.1, 0.25, 2) * side
         corners = np.array([[-1, -1], [-1, 1], [1, 1], [1, -1]]) * half
     elif kind == "triangle":
-        r = rng.uniform(0.15, 0.35) * side
+        r = rng.uniform(0.2, 0.42) * side
         t = angle + np.arange(3) * 2 * np.pi / 3 + rng.uniform(-0.3, 0.3, 3)
         corners = np.stack([np.sin(t), np.cos(t)], axis=1) * r
         angle = 0.0
     elif kind == "blob":
         n = rng.integers(6, 10)
         t = np.sort(rng.uniform(0, 2 * np.pi, n))
-        r = rng.uniform(0.08, 0.28) * side * rng.uniform(0.6, 1.0, n)
+        r = rng.uniform(0.12, 0.32) * side * rng.uniform(0.6, 1.0, n)
         corners = np.stack([np.sin(t) * r, np.cos(t) * r], axis=1)
         angle = 0.0
     else:
@@ -157,14 +157,15 @@ def _shape(kind, rng, yy, xx, size):
     return _polygon_mask(points, height, width), (cy, cx)
 
 
-def render(rng, size=(128, 128), num_classes=6, max_objects=5):
+def render(rng, size=(128, 128), num_classes=6, max_objects=6):
     """Draw one image and its mask.
 
     Args:
         rng: ``numpy.random.Generator``.
         size: ``(height, width)``.
         num_classes: int. 2 .. ``MAX_CLASSES``; class 0 is the background.
-        max_objects: int. Up to this many shapes (at least 2).
+        max_objects: int. Up to this many shapes (at least 3, or all if
+            fewer).
 
     Returns:
         ``(image uint8 (H, W, 3), mask uint8 (H, W))``.
@@ -180,7 +181,8 @@ def render(rng, size=(128, 128), num_classes=6, max_objects=5):
     image = (gray + tint) * (0.75 + 0.5 * shade[..., None])
     mask = np.zeros((height, width), np.uint8)
 
-    for _ in range(int(rng.integers(2, max(2, max_objects) + 1))):
+    max_objects = max(1, int(max_objects))
+    for _ in range(int(rng.integers(min(3, max_objects), max_objects + 1))):
         label = int(rng.integers(1, num_classes))
         _, colour, texture, shape = CLASSES[label - 1]
         if rng.random() < 0.3:  # other shapes too: texture is the cue
