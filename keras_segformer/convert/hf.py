@@ -123,6 +123,12 @@ def head_plan(model):
     """Plan for the task head of a ``SegFormer`` or ``MiTClassifier``."""
     if isinstance(model, MiTClassifier):
         return _dense("classifier", model.get_layer("classifier"))
+    if getattr(model, "head", "mlp") != "mlp":
+        raise CheckpointError(
+            "transformers SegFormer checkpoints have the all-MLP head; this "
+            f"model has head={model.head!r} (mmsegmentation's "
+            "SegformerHead), which transformers has no counterpart for."
+        )
     head = model.get_layer("decode_head")
     plan = []
     for i, linear in enumerate(head.linear_c):

@@ -6,6 +6,7 @@ from keras_segformer.layers.decode_head import SegFormerHead
 from keras_segformer.layers.drop_path import DropPath
 from keras_segformer.layers.input_check import InputCheck
 from keras_segformer.layers.mix_ffn import MixFFN
+from keras_segformer.layers.mmseg_head import MMSegSegFormerHead
 from keras_segformer.layers.patch_embedding import OverlappingPatchEmbedding
 from keras_segformer.layers.preprocessing import ImageNormalization
 from keras_segformer.layers.resize import resize_bilinear
@@ -15,6 +16,7 @@ __all__ = [
     "EfficientSelfAttention",
     "ImageNormalization",
     "InputCheck",
+    "MMSegSegFormerHead",
     "MiTBlock",
     "MixFFN",
     "OverlappingPatchEmbedding",

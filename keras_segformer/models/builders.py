@@ -86,6 +86,7 @@ def build_segformer(
     decoder_hidden_size=None,
     dropout=0.1,
     id2label=None,
+    head="mlp",
     name="segformer",
     **kwargs,
 ):
@@ -98,6 +99,8 @@ def build_segformer(
             256 for B0/B1, 768 for B2-B5).
         dropout: float. Classifier dropout (``classifier_dropout_prob``).
         id2label: dict or None. Class names.
+        head: str. ``"mlp"`` (paper, transformers) or ``"mmseg"``
+            (mmsegmentation's ``SegformerHead``).
         **kwargs: backbone fields and options: ``depths``, ``hidden_sizes``,
             ``num_heads``, ``sr_ratios``, ``patch_sizes``, ``strides``,
             ``mlp_ratios``, ``drop_path_rate``, ``hidden_dropout``,
@@ -127,6 +130,7 @@ def build_segformer(
         decoder_hidden_size=decoder_hidden_size,
         dropout=dropout,
         id2label=id2label,
+        head=head,
         name=name,
     )
 
