@@ -35,20 +35,22 @@ def _read_safetensors(path):
 def _read_torch(path):
     try:
         import torch
-    except ImportError as e:
-        raise ImportError(
-            f"Reading {path!r} needs PyTorch (`pip install torch==2.13.0`); "
-            "or convert the file to .safetensors first."
-        ) from e
-    try:
-        # weights_only=True: tensors and plain containers only; a pickle that
-        # carries code is rejected instead of executed.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"Could not read PyTorch checkpoint {path!r} safely "
-            f"(weights_only=True): {type(e).__name__}: {e}"
-        ) from e
+    except ImportError:
+        # No PyTorch: the restricted numpy reader (same guarantee, no code
+        # from the pickle ever runs).
+        from keras_segformer.convert.pickle_reader import load_torch_file
+
+        obj = load_torch_file(path)
+    else:
+        try:
+            # weights_only=True: tensors and plain containers only; a pickle
+            # that carries code is rejected instead of executed.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(
+                f"Could not read PyTorch checkpoint {path!r} safely "
+                f"(weights_only=True): {type(e).__name__}: {e}"
+            ) from e
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "module"):
             if key in obj and isinstance(obj[key], dict):
@@ -70,8 +72,9 @@ def read_state_dict(path):
     """Read a checkpoint file into ``{name: numpy array}``.
 
     Supports ``.safetensors`` (no torch needed), ``.bin``/``.pth``/``.pt``
-    (``torch.load(weights_only=True)``, never arbitrary unpickling) and a
-    sharded ``*.index.json``.
+    (``torch.load(weights_only=True)``, never arbitrary unpickling; without
+    torch, ``pickle_reader.load_torch_file``, which allows tensors and
+    plain containers only) and a sharded ``*.index.json``.
 
     Args:
         path: str. The file.
