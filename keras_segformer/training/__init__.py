@@ -9,13 +9,23 @@ from keras_segformer.training.metrics import (
     per_class_report,
     segmentation_scores,
 )
+from keras_segformer.training.optimizer import (
+    GroupedAdamW,
+    WarmupPolyDecay,
+    compile_for_training,
+    create_optimizer,
+)
 
 __all__ = [
     "ConfusionMatrix",
+    "GroupedAdamW",
     "MeanAccuracy",
     "MeanIoU",
     "PixelAccuracy",
     "SegFormerLoss",
+    "WarmupPolyDecay",
+    "compile_for_training",
+    "create_optimizer",
     "per_class_report",
     "segmentation_scores",
 ]

@@ -1,0 +1,389 @@
+"""SegFormer's optimizer recipe (paper / mmseg) and a one-call compile.
+
+AdamW (lr 6e-5, weight decay 0.01), the decode head at 10x the learning
+rate, no weight decay on norms and biases, poly decay (power 1) after a
+1500-step linear warmup. Keras has no parameter groups and Adam is
+invariant to gradient scale (scaling gradients would not scale the step),
+so ``GroupedAdamW`` scales the learning rate per variable inside its update
+step; that code path is the same on TensorFlow, JAX and PyTorch.
+"""
+
+import os
+import re
+
+import keras
+from keras import ops
+
+from keras_segformer.training.losses import SegFormerLoss
+from keras_segformer.training.metrics import MeanIoU
+
+
+@keras.saving.register_keras_serializable(package="keras_segformer")
+class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Poly decay with linear warmup, as mmcv's ``PolyLrUpdaterHook``.
+
+    ``regular(step) = (initial - end) * (1 - min(step, decay_steps) /
+    decay_steps) ** power + end``; during the first ``warmup_steps`` steps
+    the rate is ``regular(step) * (1 - (1 - step / warmup_steps) * (1 -
+    warmup_ratio))``, i.e. it ramps from ``warmup_ratio * regular`` up to
+    the poly curve. Keras' ``PolynomialDecay`` has no warmup and
+    ``CosineDecay``'s warmup is additive, hence this class.
+
+    Args:
+        initial_learning_rate: float. Rate at step 0 of the poly curve.
+        decay_steps: int. Steps until the rate reaches
+            ``end_learning_rate`` (the total number of training steps).
+        warmup_steps: int. Length of the linear warmup (0: none).
+        warmup_ratio: float. Fraction of the rate at the first step.
+        power: float. Exponent of the poly curve.
+        end_learning_rate: float. Final rate (mmcv ``min_lr``).
+        name: str. Name of the schedule.
+    """
+
+    def __init__(
+        self,
+        initial_learning_rate,
+        decay_steps,
+        warmup_steps=0,
+        warmup_ratio=1e-6,
+        power=1.0,
+        end_learning_rate=0.0,
+        name="warmup_poly_decay",
+    ):
+        super().__init__()
+        if int(decay_steps) <= 0:
+            raise ValueError(
+                f"`decay_steps` must be > 0. Received: {decay_steps}"
+            )
+        if int(warmup_steps) < 0:
+            raise ValueError(
+                f"`warmup_steps` must be >= 0. Received: {warmup_steps}"
+            )
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.decay_steps = int(decay_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_ratio = float(warmup_ratio)
+        self.power = float(power)
+        self.end_learning_rate = float(end_learning_rate)
+        self.name = name
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        progress = ops.minimum(step, float(self.decay_steps))
+        coeff = ops.power(1.0 - progress / self.decay_steps, self.power)
+        lr = (
+            self.initial_learning_rate - self.end_learning_rate
+        ) * coeff + self.end_learning_rate
+        if self.warmup_steps > 0:
+            # mmcv: lr * (1 - k), k = (1 - step / warmup) * (1 - ratio).
+            # Expanded, so float32 does not cancel 1 - k near step 0.
+            factor = self.warmup_ratio + (1.0 - self.warmup_ratio) * (
+                step / self.warmup_steps
+            )
+            lr = ops.where(step < self.warmup_steps, lr * factor, lr)
+        return lr
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "warmup_steps": self.warmup_steps,
+            "warmup_ratio": self.warmup_ratio,
+            "power": self.power,
+            "end_learning_rate": self.end_learning_rate,
+            "name": self.name,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_segformer")
+class GroupedAdamW(keras.optimizers.AdamW):
+    """AdamW with per-variable learning-rate multipliers and no weight decay
+    on 1-D variables: PyTorch-style parameter groups.
+
+    The multiplier of a variable is the value of the first pattern of
+    ``lr_multipliers`` that ``re.search`` finds in its ``path`` (1.0 if
+    none). It scales both the Adam step and the decoupled weight decay
+    (torch's AdamW decays by ``lr * weight_decay`` of the group).
+    Variables of rank <= 1 (biases, LayerNorm / BatchNorm scales and
+    offsets) get no decay unless ``decay_rank_1=True``; Keras'
+    ``exclude_from_weight_decay()`` still works on top.
+
+    Adam's epsilon defaults to 1e-8 (PyTorch); Keras adds it to
+    ``sqrt(v_hat * (1 - beta_2 ** t))`` rather than ``sqrt(v_hat)``, a
+    difference of order epsilon.
+
+    Args:
+        learning_rate: float or ``LearningRateSchedule``. Base rate.
+        weight_decay: float. Decoupled weight decay.
+        lr_multipliers: dict or None. Regex on ``variable.path`` ->
+            learning-rate multiplier.
+        decay_rank_1: bool. Also decay variables of rank <= 1.
+        beta_1, beta_2, epsilon: Adam's constants.
+        **kwargs: other ``keras.optimizers.AdamW`` arguments (``clipnorm``,
+            ``global_clipnorm``, ``gradient_accumulation_steps``, ...).
+
+    Example:
+    >>> opt = GroupedAdamW(6e-5, lr_multipliers={"^decode_head/": 10.0})
+    """
+
+    def __init__(
+        self,
+        learning_rate=6e-5,
+        weight_decay=0.01,
+        lr_multipliers=None,
+        decay_rank_1=False,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            **kwargs,
+        )
+        lr_multipliers = dict(lr_multipliers or {})
+        for pattern, value in lr_multipliers.items():
+            re.compile(pattern)  # fail early on a bad pattern
+            if float(value) < 0:
+                raise ValueError(
+                    "`lr_multipliers` values must be >= 0. Received "
+                    f"{pattern!r}: {value}"
+                )
+        self._multiplier_patterns = tuple(
+            (str(p), float(v)) for p, v in lr_multipliers.items()
+        )
+        self.decay_rank_1 = bool(decay_rank_1)
+
+    @property
+    def lr_multipliers(self):
+        return dict(self._multiplier_patterns)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        groups = [self._group(v) for v in var_list]
+        # Indexed like the optimizer's slots (`_get_variable_index`).
+        self._multiplier_table = tuple(m for m, _ in groups)
+        self._decay_table = tuple(d for _, d in groups)
+
+    def _group(self, variable):
+        multiplier = next(
+            (
+                value
+                for pattern, value in self._multiplier_patterns
+                if re.search(pattern, variable.path)
+            ),
+            1.0,
+        )
+        decayed = self._use_weight_decay(variable) and (
+            self.decay_rank_1 or len(variable.shape) > 1
+        )
+        return multiplier, decayed
+
+    def variable_groups(self, variables=None):
+        """``{variable.path: (lr_multiplier, decayed)}``, for inspection.
+
+        Args:
+            variables: list of variables or None. Default: the variables
+                the optimizer was built with.
+        """
+        if variables is None:
+            if not self.built:
+                raise ValueError(
+                    "Pass `variables` or build the optimizer first."
+                )
+            variables = self._trainable_variables
+        return {v.path: self._group(v) for v in variables}
+
+    def _apply_weight_decay(self, variables):
+        # Decay happens in update_step, with each variable's own rate.
+        return
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        lr = ops.cast(learning_rate, variable.dtype)
+        multiplier = self._multiplier_table[index]
+        if multiplier != 1.0:
+            lr = lr * multiplier
+        if self._decay_table[index] and self.weight_decay:
+            wd = ops.cast(self.weight_decay, variable.dtype)
+            self.assign_sub(variable, ops.multiply(variable, wd * lr))
+        super().update_step(gradient, variable, lr)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "lr_multipliers": self.lr_multipliers,
+            "decay_rank_1": self.decay_rank_1,
+        }
+
+
+def _head_pattern(model, head_layer):
+    """A ``variable.path`` regex that selects exactly the head's variables."""
+    try:
+        head = model.get_layer(head_layer)
+    except ValueError as e:
+        raise ValueError(
+            f"The model has no layer named {head_layer!r} (the decode "
+            "head, trained at a higher learning rate). Pass head_layer=... "
+            "or head_lr_multiplier=1.0."
+        ) from e
+    head_vars = head.trainable_variables
+    if not head_vars:
+        raise ValueError(
+            f"Layer {head_layer!r} has no trainable variables; build the "
+            "model first."
+        )
+    prefix = os.path.commonprefix([v.path for v in head_vars])
+    prefix = prefix[: prefix.rfind("/") + 1] or prefix
+    pattern = "^" + re.escape(prefix)
+    selected = {
+        id(v) for v in model.trainable_variables if re.search(pattern, v.path)
+    }
+    if selected != {id(v) for v in head_vars}:
+        raise ValueError(
+            f"Cannot select the variables of {head_layer!r} by path: prefix "
+            f"{prefix!r} also matches other variables."
+        )
+    return pattern
+
+
+def create_optimizer(
+    model,
+    *,
+    total_steps,
+    learning_rate=6e-5,
+    weight_decay=0.01,
+    warmup_steps=1500,
+    warmup_ratio=1e-6,
+    power=1.0,
+    head_lr_multiplier=10.0,
+    min_lr=0.0,
+    head_layer="decode_head",
+    **kwargs,
+):
+    """SegFormer's AdamW recipe (paper / mmseg) for ``model``.
+
+    AdamW with no decay on norms and biases; the ``decode_head`` layer's
+    variables at ``head_lr_multiplier`` times the rate; ``WarmupPolyDecay``
+    schedule. One difference with mmcv: the head's rate is
+    ``head_lr_multiplier * schedule``, so with ``min_lr > 0`` its floor is
+    ``head_lr_multiplier * min_lr`` (mmcv: ``min_lr``). mmseg also decays
+    the biases of linear layers; this recipe does not.
+
+    Args:
+        model: keras.Model. The SegFormer (with a ``head_layer`` layer).
+        total_steps: int. Number of training steps (poly decay length).
+        learning_rate: float. Peak (base) learning rate.
+        weight_decay: float. Decoupled weight decay.
+        warmup_steps: int. Linear warmup steps (<= total_steps).
+        warmup_ratio: float. Warmup starts at this fraction of the rate.
+        power: float. Poly decay exponent.
+        head_lr_multiplier: float. Learning-rate factor of the head.
+        min_lr: float. Final learning rate.
+        head_layer: str. Name of the decode head layer.
+        **kwargs: passed to ``GroupedAdamW`` (``clipnorm``, ``epsilon``,
+            ``gradient_accumulation_steps``, ...).
+
+    Returns:
+        ``GroupedAdamW``.
+
+    Example:
+    >>> opt = create_optimizer(model, total_steps=160_000)
+    >>> model.compile(optimizer=opt, loss=SegFormerLoss())
+    """
+    total_steps = int(total_steps)
+    if total_steps <= 0:
+        raise ValueError(f"`total_steps` must be > 0. Received: {total_steps}")
+    if not 0 <= int(warmup_steps) <= total_steps:
+        raise ValueError(
+            f"`warmup_steps` must be in [0, total_steps={total_steps}]. "
+            f"Received: {warmup_steps}"
+        )
+    schedule = WarmupPolyDecay(
+        learning_rate,
+        decay_steps=total_steps,
+        warmup_steps=warmup_steps,
+        warmup_ratio=warmup_ratio,
+        power=power,
+        end_learning_rate=min_lr,
+    )
+    multipliers = {}
+    if float(head_lr_multiplier) != 1.0:
+        multipliers[_head_pattern(model, head_layer)] = float(
+            head_lr_multiplier
+        )
+    return GroupedAdamW(
+        learning_rate=schedule,
+        weight_decay=weight_decay,
+        lr_multipliers=multipliers,
+        **kwargs,
+    )
+
+
+def compile_for_training(
+    model,
+    total_steps,
+    *,
+    optimizer=None,
+    warmup_steps=None,
+    class_weights=None,
+    ignore_index=255,
+    metrics=None,
+    **kwargs,
+):
+    """Compile ``model`` with SegFormer's loss, optimizer and mIoU.
+
+    Args:
+        model: keras.Model. The SegFormer (logits at 1/4 resolution).
+        total_steps: int. Number of training steps (for the schedule).
+        optimizer: optimizer or None. Default: ``create_optimizer(model,
+            total_steps=total_steps, warmup_steps=warmup_steps)`` with the
+            recipe's other defaults.
+        warmup_steps: int or None. Warmup of the default optimizer; None:
+            the recipe's 1500, or ``total_steps`` for shorter runs.
+        class_weights: sequence of floats or None. See ``SegFormerLoss``.
+        ignore_index: int. Label value left out of loss and metrics.
+        metrics: list or None. Default ``[MeanIoU(num_classes)]``;
+            add ``MeanAccuracy`` / ``PixelAccuracy`` as needed (each one
+            upsamples the logits again). Binary models (one logit channel)
+            count 2 classes.
+        **kwargs: passed to ``model.compile`` (``jit_compile``,
+            ``steps_per_execution``, ...).
+
+    Returns:
+        The compiled model.
+
+    Example:
+    >>> model = keras_segformer.SegFormerB0(num_classes=150)
+    >>> compile_for_training(model, total_steps=160_000)
+    >>> model.fit(train_ds, epochs=..., validation_data=val_ds)
+    """
+    if optimizer is None:
+        if warmup_steps is None:
+            warmup_steps = min(1500, int(total_steps))
+        optimizer = create_optimizer(
+            model, total_steps=total_steps, warmup_steps=warmup_steps
+        )
+    elif warmup_steps is not None:
+        raise ValueError(
+            "`warmup_steps` configures the default optimizer; pass it to "
+            "create_optimizer() when giving `optimizer`."
+        )
+    if metrics is None:
+        channels = model.output_shape[-1]
+        metrics = [MeanIoU(max(channels, 2), ignore_index=ignore_index)]
+    model.compile(
+        optimizer=optimizer,
+        loss=SegFormerLoss(
+            ignore_index=ignore_index, class_weights=class_weights
+        ),
+        metrics=metrics,
+        **kwargs,
+    )
+    return model
