@@ -1,0 +1,256 @@
+"""Training driver, resume after a kill, and the train/evaluate/demo CLI."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import tiny_segformer
+
+from keras_segformer.cli import main
+from keras_segformer.data import make_dataset, synthetic
+from keras_segformer.training import trainer
+
+NUM_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    return synthetic.generate(
+        root, 12, 3, size=(64, 64), num_classes=NUM_CLASSES, seed=1
+    )
+
+
+def _train_ds(files, seed=0):
+    return make_dataset(
+        files.images,
+        files.masks,
+        batch_size=2,
+        training=True,
+        crop_size=64,
+        base_size=(128, 64),
+        num_classes=NUM_CLASSES,
+        repeat=True,
+        seed=seed,
+    )
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Kill-like failure at the start of a given epoch."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("simulated kill")
+
+
+class _Record(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.start_iterations = int(
+            keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+        )
+        self.start_weights = [w.copy() for w in self.model.get_weights()]
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_resume_after_a_kill_continues_at_the_right_step(shapes, tmp_path):
+    out = tmp_path / "run"
+    model = tiny_segformer(NUM_CLASSES)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(
+            model,
+            _train_ds(shapes["train"]),
+            out_dir=out,
+            epochs=3,
+            steps_per_epoch=2,
+            learning_rate=1e-3,
+            warmup_steps=1,
+            callbacks=[_Interrupt(epoch=2)],
+        )
+    # Two epochs (4 steps) are done and backed up; the kill lost nothing.
+    saved = [w.copy() for w in model.get_weights()]
+    assert (out / "backup").is_dir()
+    assert sorted(os.listdir(out / "checkpoints")) == [
+        "epoch-001.weights.h5",
+        "epoch-002.weights.h5",
+    ]
+
+    fresh = tiny_segformer(NUM_CLASSES)  # a new process would build anew
+    record = _Record()
+    history = trainer.fit(
+        fresh,
+        _train_ds(shapes["train"]),
+        out_dir=out,
+        epochs=3,
+        steps_per_epoch=2,
+        learning_rate=1e-3,
+        warmup_steps=1,
+        callbacks=[record],
+    )
+    assert record.epochs == [2]  # only the missing epoch runs
+    assert record.start_iterations == 4
+    for a, b in zip(record.start_weights, saved):
+        np.testing.assert_array_equal(a, b)
+    assert len(history.history["loss"]) == 1
+    assert int(keras.ops.convert_to_numpy(fresh.optimizer.iterations)) == 6
+    assert not (out / "backup").exists()  # removed once training completed
+    assert (out / "model.keras").is_file()
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3  # header + one row per epoch across restarts
+
+
+def test_fit_lowers_the_loss(shapes, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = tiny_segformer(NUM_CLASSES)
+    history = trainer.fit(
+        model,
+        _train_ds(shapes["train"]),
+        out_dir=tmp_path,
+        epochs=4,
+        steps_per_epoch=4,
+        learning_rate=3e-3,
+        warmup_steps=1,
+        verbose=0,
+    )
+    losses = history.history["loss"]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_train_and_evaluate_commands(shapes, tmp_path, capsys):
+    out = tmp_path / "cli"
+    train, val = shapes["train"], shapes["val"]
+    images_dir = os.path.dirname(train.images[0])
+    masks_dir = os.path.dirname(train.masks[0])
+    rc = main(
+        [
+            "train",
+            "--variant",
+            "b0",
+            "--num-classes",
+            str(NUM_CLASSES),
+            "--images",
+            images_dir,
+            "--masks",
+            masks_dir,
+            "--epochs",
+            "1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--crop-size",
+            "64",
+            "--base-size",
+            "128",
+            "64",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    assert (out / "model.keras").is_file()
+    capsys.readouterr()
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(out / "model.keras"),
+            "--images",
+            os.path.dirname(val.images[0]),
+            "--masks",
+            os.path.dirname(val.masks[0]),
+            "--json",
+        ]
+    )
+    assert rc == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= scores["aAcc"] <= 1.0
+    assert set(scores) >= {"mIoU", "mAcc", "aAcc", "IoU", "Acc"}
+
+
+def test_evaluate_scores_match_a_direct_confusion_matrix(shapes):
+    model = tiny_segformer(NUM_CLASSES)
+    val = shapes["val"]
+    ds = make_dataset(
+        val.images, val.masks, batch_size=1, training=False, num_classes=4
+    )
+    scores = trainer.evaluate(model, ds, verbose=False)
+    cm = np.zeros((NUM_CLASSES, NUM_CLASSES))
+    for images, labels in ds:
+        logits = keras.ops.convert_to_numpy(model.predict_on_batch(images))
+        import torch
+
+        up = torch.nn.functional.interpolate(
+            torch.from_numpy(logits).permute(0, 3, 1, 2),
+            size=tuple(labels.shape[1:3]),
+            mode="bilinear",
+            align_corners=False,
+        )
+        pred = up.argmax(1).numpy().ravel()
+        lab = np.asarray(labels).ravel()
+        keep = lab != 255
+        np.add.at(cm, (lab[keep], pred[keep]), 1)
+    assert scores["aAcc"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-6)
+
+
+def test_train_reports_bad_input(tmp_path, capsys):
+    rc = main(
+        [
+            "train",
+            "--num-classes",
+            "3",
+            "--images",
+            str(tmp_path / "nope"),
+            "--masks",
+            str(tmp_path / "nope2"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert rc == 2
+    assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--size",
+            "64",
+            "--train-images",
+            "8",
+            "--val-images",
+            "2",
+            "--epochs",
+            "1",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--overlays",
+            "2",
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "held-out mIoU" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["aAcc"] <= 1.0 and summary["steps"] == 2
+    overlays = sorted(os.listdir(out / "overlays"))
+    assert len([f for f in overlays if f.endswith("_overlay.png")]) == 2
+    from PIL import Image
+
+    mask = np.asarray(Image.open(out / "overlays" / "val_00000_mask.png"))
+    assert mask.shape == (64, 64) and mask.max() < 6
