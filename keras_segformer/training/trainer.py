@@ -1,10 +1,9 @@
 """``model.fit`` with the SegFormer recipe, logs, checkpoints and resume.
 
-Everything here is stock Keras: ``compile`` with ``SegFormerLoss``, the
-metrics of ``keras_segformer.training.metrics`` and the optimizer of
-``create_optimizer``; ``fit`` with ``BackupAndRestore`` (resume after a
-kill), ``ModelCheckpoint`` (weights every epoch), ``CSVLogger`` and
-``TensorBoard``.
+Everything here is stock Keras: ``compile_for_training``
+(``SegFormerLoss``, the recipe optimizer, mIoU/mAcc/aAcc); ``fit`` with
+``BackupAndRestore`` (resume after a kill), ``ModelCheckpoint`` (weights
+every epoch), ``CSVLogger`` and ``TensorBoard``.
 """
 
 import json
@@ -12,7 +11,6 @@ import os
 
 import keras
 
-from keras_segformer.training.losses import SegFormerLoss
 from keras_segformer.training.metrics import (
     ConfusionMatrix,
     MeanAccuracy,
@@ -20,6 +18,10 @@ from keras_segformer.training.metrics import (
     PixelAccuracy,
     per_class_report,
     segmentation_scores,
+)
+from keras_segformer.training.optimizer import (
+    compile_for_training,
+    create_optimizer,
 )
 
 FINAL_MODEL = "model.keras"
@@ -31,7 +33,8 @@ def metric_classes(num_classes):
 
 
 def compile_model(model, *, total_steps, learning_rate=6e-5, **optimizer_kw):
-    """Compile ``model`` with the loss, optimizer recipe and mIoU/mAcc/aAcc.
+    """``compile_for_training`` with the recipe optimizer at
+    ``learning_rate`` and all three scores (mIoU, mAcc, aAcc) as metrics.
 
     Args:
         model: ``SegFormer``.
@@ -39,20 +42,19 @@ def compile_model(model, *, total_steps, learning_rate=6e-5, **optimizer_kw):
         learning_rate: float. Peak (backbone) learning rate.
         **optimizer_kw: forwarded to ``create_optimizer``.
     """
-    from keras_segformer.training.optimizer import create_optimizer
-
     n = metric_classes(model.num_classes)
-    model.compile(
-        optimizer=create_optimizer(
-            model,
-            total_steps=total_steps,
-            learning_rate=learning_rate,
-            **optimizer_kw,
-        ),
-        loss=SegFormerLoss(),
+    optimizer = create_optimizer(
+        model,
+        total_steps=total_steps,
+        learning_rate=learning_rate,
+        **optimizer_kw,
+    )
+    return compile_for_training(
+        model,
+        total_steps,
+        optimizer=optimizer,
         metrics=[MeanIoU(n), MeanAccuracy(n), PixelAccuracy(n)],
     )
-    return model
 
 
 def fit(
