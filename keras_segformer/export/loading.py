@@ -1,0 +1,93 @@
+"""Load a model from what a user has on disk: ``.keras``, a transformers
+directory, or bare Keras weights plus the variant they belong to."""
+
+import os
+
+import keras
+
+_WEIGHT_SUFFIXES = (".weights.h5",)
+
+
+def _load_keras_file(path):
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as e:
+        raise ValueError(
+            f"Could not read the Keras model file {path!r} "
+            f"({type(e).__name__}: {e})."
+        ) from e
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"{path!r} holds a {type(model).__name__}, not a keras.Model."
+        )
+    return model
+
+
+def _load_weights_file(path, variant, num_classes):
+    from keras_segformer.models import build_segformer
+
+    if variant is None or num_classes is None:
+        raise ValueError(
+            f"{path!r} holds only weights: pass the `variant` (b0 ... b5) "
+            "and `num_classes` of the SegFormer they belong to (CLI: "
+            "--variant and --num-classes)."
+        )
+    model = build_segformer(int(num_classes), variant)  # checks variant
+    try:
+        model.load_weights(path)
+    except Exception as e:
+        raise ValueError(
+            f"Could not load the weights file {path!r} into a SegFormer "
+            f"{variant!r} with {num_classes} classes "
+            f"({type(e).__name__}: {e})."
+        ) from e
+    return model
+
+
+def load_model(path, variant=None, num_classes=None):
+    """Load a model from a ``.keras`` file, a transformers directory or
+    Keras weights.
+
+    Args:
+        path: str or path-like. One of: a ``.keras`` file written by
+            ``model.save``; a directory written by transformers'
+            ``save_pretrained`` (``config.json`` + weights; loaded with
+            ``keras_segformer.from_pretrained``); a ``.weights.h5`` file
+            written by ``model.save_weights``, which needs ``variant`` and
+            ``num_classes``.
+        variant: str or None. ``"b0"`` ... ``"b5"``, for a weights file.
+        num_classes: int or None. Classes of the model, for a weights file.
+
+    Returns:
+        ``keras.Model``.
+
+    Example:
+    >>> model = load_model("segformer_b0.keras")
+    >>> model = load_model("ckpt.weights.h5", variant="b0", num_classes=19)
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Model not found: {path!r}")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "config.json")):
+            from keras_segformer.convert import from_pretrained
+
+            return from_pretrained(path)
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise ValueError(
+                f"{path!r} is an exported SavedModel, which cannot be "
+                "loaded back as a Keras model. Pass a .keras file, a "
+                "transformers directory or a .weights.h5 file."
+            )
+        raise ValueError(
+            f"{path!r} is a directory without config.json: not a "
+            "transformers checkpoint directory."
+        )
+    if path.endswith(".keras"):
+        return _load_keras_file(path)
+    if path.endswith(_WEIGHT_SUFFIXES):
+        return _load_weights_file(path, variant, num_classes)
+    raise ValueError(
+        f"Cannot tell the kind of model file {path!r}: expected a .keras "
+        "file, a .weights.h5 file or a transformers directory."
+    )

@@ -1,0 +1,262 @@
+"""TensorFlow side of the export: one serving graph, three writers.
+
+Backend-specific on purpose: this module runs only under the TensorFlow
+backend, either in the caller's process or in the worker process that
+``export_model`` starts from JAX or PyTorch (``keras_segformer.export
+._worker``). Every format is written from the same ``tf.function``, so
+SavedModel, TFLite and ONNX artifacts compute the same graph.
+"""
+
+import logging
+import os
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from keras_segformer.export.api import model_normalizes
+from keras_segformer.inference.processing import normalize_image
+from keras_segformer.layers.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
+ONNX_OPSET = 17
+SIGNATURE = "serving_default"
+
+
+def serving_function(
+    model,
+    *,
+    include_preprocessing=False,
+    include_postprocessing=False,
+    input_dtype="float32",
+    input_size=None,
+):
+    """The inference graph as a ``tf.function`` with one input signature.
+
+    Input ``images``: ``(batch, height, width, 3)`` of ``input_dtype``,
+    height and width dynamic unless ``input_size`` fixes them. Output: a
+    dict with ``"logits"`` (float32, ``(batch, ceil(H/4), ceil(W/4), K)``)
+    or, with post-processing, ``"mask"`` (int32, ``(batch, H, W)``).
+
+    Args:
+        model: ``keras.Model`` (TensorFlow backend). Called with
+            ``training=False``.
+        include_preprocessing: bool. Take raw 0-255 pixels and normalize
+            them in the graph (skipped when the model normalizes itself).
+        include_postprocessing: bool. Resize the logits bilinearly
+            (half-pixel centres, no antialiasing: PyTorch's
+            ``align_corners=False``) to the input size and take the argmax
+            (a positive logit for one-class models).
+        input_dtype: str. ``"float32"`` or ``"uint8"``.
+        input_size: None or ``(height, width)``. Fix the spatial size.
+    """
+    height, width = input_size if input_size else (None, None)
+    spec = tf.TensorSpec(
+        (None, height, width, 3), tf.as_dtype(input_dtype), name="images"
+    )
+    normalize = include_preprocessing and not model_normalizes(model)
+
+    def serve(images):
+        x = images
+        if x.dtype != tf.float32:
+            x = tf.cast(x, tf.float32)
+        if normalize:
+            # Constants made inside the graph: captured eager tensors
+            # would become extra inputs of the ONNX graph.
+            mean = tf.constant(IMAGENET_MEAN, tf.float32)
+            std = tf.constant(IMAGENET_STD, tf.float32)
+            # x / 255 (not x * (1 / 255)): the correctly rounded quotient,
+            # as the float64 rescale of the numpy pre-processing gives.
+            x = (x / 255.0 - mean) / std
+        # An explicit training=False: never inherit a training flag.
+        logits = tf.cast(model(x, training=False), tf.float32)
+        if not include_postprocessing:
+            return {"logits": logits}
+        size = tf.shape(images)[1:3]
+        logits = tf.image.resize(
+            logits, size, method="bilinear", antialias=False
+        )
+        if logits.shape[-1] == 1:
+            mask = tf.cast(logits[..., 0] > 0, tf.int32)
+        else:
+            mask = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return {"mask": mask}
+
+    return tf.function(serve, input_signature=[spec], autograph=False)
+
+
+def _holder(fn):
+    # Track the tf.Variables the graph captures (not the Keras variables
+    # wrapping them): then the SavedModel restores them and the TFLite
+    # converter freezes them into constants. Tracking the Keras variables
+    # instead leaves TFLite with uninitialized resource variables (NaN).
+    concrete = fn.get_concrete_function()
+    holder = tf.Module()
+    holder.captured_variables = list(concrete.variables)
+    holder.serve = fn
+    return holder, concrete
+
+
+def write_saved_model(fn, path):
+    """Write a SavedModel with ``fn`` as its ``serving_default`` signature.
+
+    Args:
+        fn: ``tf.function`` from ``serving_function``.
+        path: str. Output directory.
+    """
+    holder, concrete = _holder(fn)
+    tf.saved_model.save(holder, path, signatures={SIGNATURE: concrete})
+
+
+def _representative_dataset(images, input_dtype, normalize):
+    def generate():
+        for rgb in images:
+            if normalize:
+                x = normalize_image(rgb)
+            else:
+                x = np.asarray(rgb).astype(input_dtype)
+            yield [x[None]]
+
+    return generate
+
+
+def write_tflite(
+    fn,
+    path,
+    quantization=None,
+    representative_images=None,
+    normalized_input=True,
+):
+    """Convert ``fn`` to a TFLite flatbuffer.
+
+    Args:
+        fn: ``tf.function`` from ``serving_function``.
+        path: str. Output ``.tflite`` file.
+        quantization: None, ``"float16"`` (weights stored as float16) or
+            ``"int8"`` (weights and activations int8 where TFLite has int8
+            kernels, float elsewhere; float input and output).
+        representative_images: list of uint8 RGB arrays. Calibration
+            images for ``"int8"``, in the artifact's input layout (already
+            resized when the size is fixed).
+        normalized_input: bool. The artifact takes normalized pixels, so
+            calibration images are normalized first.
+    """
+    holder, concrete = _holder(fn)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [concrete], holder
+    )
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        input_dtype = fn.input_signature[0].dtype.name
+        converter.representative_dataset = _representative_dataset(
+            representative_images, input_dtype, normalized_input
+        )
+        # int8 kernels where they exist; float for the rest.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+    elif quantization is not None:
+        raise ValueError(f"Unknown quantization {quantization!r}.")
+    flatbuffer = converter.convert()
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+
+
+def _erfc_handler(ctx, node, name, args):
+    # TF's exact GELU uses Erfc, which ONNX lacks: erfc(x) = 1 - erf(x).
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]])
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.ones((), dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+def write_onnx(fn, path, opset=ONNX_OPSET):
+    """Convert ``fn`` to ONNX with tf2onnx.
+
+    Input ``images`` and output ``logits`` (or ``mask``) keep the
+    signature's names; dynamic dimensions stay dynamic.
+
+    Args:
+        fn: ``tf.function`` from ``serving_function``.
+        path: str. Output ``.onnx`` file.
+        opset: int. ONNX opset.
+    """
+    try:
+        import onnx
+        import tf2onnx
+    except ImportError as e:
+        raise ImportError(
+            "ONNX export needs `tf2onnx` and `onnx` "
+            "(pip install 'keras-segformer[export]')."
+        ) from e
+    from tf2onnx import constants
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    # tf2onnx deep-copies the whole graph before each optimizer pass so it
+    # can skip a failing one; that is most of its run time. Let failures
+    # raise instead.
+    catch_errors = os.environ.get(constants.ENV_TF2ONNX_CATCH_ERRORS)
+    os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS] = "FALSE"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model_proto, _ = tf2onnx.convert.from_function(
+                fn,
+                input_signature=fn.input_signature,
+                opset=opset,
+                custom_op_handlers={"Erfc": (_erfc_handler, [])},
+            )
+    finally:
+        if catch_errors is None:
+            del os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS]
+        else:
+            os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS] = catch_errors
+    onnx.save(model_proto, os.fspath(path))
+
+
+def export_job(model, job, cache=None):
+    """Write one artifact described by a checked job dict (see
+    ``keras_segformer.export.api``).
+
+    Args:
+        model: ``keras.Model`` on the TensorFlow backend.
+        job: dict with ``path``, ``format``, ``include_preprocessing``,
+            ``include_postprocessing``, ``input_size``, ``input_dtype``,
+            ``quantization``, ``representative_images`` (list of uint8
+            arrays or None) and ``normalized_input``.
+        cache: dict or None. Serving functions already traced for earlier
+            jobs of the same model, reused when the graph options match.
+    """
+    options = {
+        "include_preprocessing": job["include_preprocessing"],
+        "include_postprocessing": job["include_postprocessing"],
+        "input_dtype": job["input_dtype"],
+        "input_size": (
+            None if job["input_size"] is None else tuple(job["input_size"])
+        ),
+    }
+    cache = {} if cache is None else cache
+    key = tuple(sorted(options.items()))
+    if key not in cache:
+        cache[key] = serving_function(model, **options)
+    fn = cache[key]
+    if job["format"] == "saved_model":
+        write_saved_model(fn, job["path"])
+    elif job["format"] == "tflite":
+        write_tflite(
+            fn,
+            job["path"],
+            quantization=job["quantization"],
+            representative_images=job["representative_images"],
+            normalized_input=job["normalized_input"],
+        )
+    elif job["format"] == "onnx":
+        write_onnx(fn, job["path"])
+    else:
+        raise ValueError(f"Unknown export format {job['format']!r}.")

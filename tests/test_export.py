@@ -1,0 +1,378 @@
+"""Export to SavedModel, TFLite and ONNX, on every Keras backend.
+
+Each artifact is compared with the Keras model of the running backend.
+Conversions are slow (TFLite, tf2onnx), so each module fixture writes all
+its artifacts with one ``export_many`` call (one TensorFlow worker process
+on JAX and PyTorch) and the tests share them.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import tiny_segformer
+from PIL import Image
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+pytest.importorskip("onnxruntime")
+
+from keras_segformer import cli  # noqa: E402
+from keras_segformer.export import (  # noqa: E402
+    ExportedModel,
+    calibration_images,
+    export_many,
+    export_model,
+    load_model,
+)
+from keras_segformer.inference import (  # noqa: E402
+    Segmenter,
+    normalize_image,
+)
+
+SIZES = [(61, 83), (97, 131)]
+NUM_CLASSES = 4
+ATOL = 1e-4
+FLOAT_FORMATS = {
+    "saved_model": "float_saved_model",
+    "onnx": "float.onnx",
+    "tflite": "float.tflite",
+}
+# Share of pixels where the quantized TFLite model's argmax equals the
+# Keras model's, on a briefly trained model (see `_train_tiny`). Measured on
+# TF / JAX / PyTorch: float16 100.0%, int8 99.4-99.7%.
+MIN_AGREEMENT = {"float16": 0.995, "int8": 0.97}
+
+
+def _numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _images(rng, size, batch=2):
+    return rng.normal(size=(batch, *size, 3)).astype("float32")
+
+
+def _render_set(count, size, seed, num_classes):
+    from keras_segformer.data import synthetic
+
+    pairs = [
+        synthetic.render(np.random.default_rng([seed, i]), size, num_classes)
+        for i in range(count)
+    ]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _train_tiny(num_classes):
+    """A tiny SegFormer trained briefly on synthetic shapes, so that its
+    argmax means something (checked in the quantization test)."""
+    keras.utils.set_random_seed(0)
+    images, masks = _render_set(48, (64, 64), 0, num_classes)
+    x = np.stack([normalize_image(i) for i in images])
+    # Labels at the logits' 1/4 resolution: plain cross-entropy traces
+    # much faster than the upsampling SegFormerLoss on TensorFlow.
+    y = np.stack(masks)[:, 2::4, 2::4].astype("int32")
+    model = tiny_segformer(num_classes)
+    model.compile(
+        optimizer=keras.optimizers.Adam(5e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, batch_size=8, epochs=10, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The trained tiny model and all its artifacts, written in one go."""
+    out = tmp_path_factory.mktemp("export")
+    model = _train_tiny(NUM_CLASSES)
+    calibration, _ = _render_set(16, (64, 64), 1, NUM_CLASSES)
+    specs = [
+        {"path": out / name, "format": fmt}
+        for fmt, name in FLOAT_FORMATS.items()
+    ]
+    specs += [
+        {
+            "path": out / "prepost.onnx",
+            "format": "onnx",
+            "include_preprocessing": True,
+            "include_postprocessing": True,
+        },
+        {
+            "path": out / "prepost.tflite",
+            "format": "tflite",
+            "include_preprocessing": True,
+            "include_postprocessing": True,
+            "input_size": SIZES[0],
+        },
+        {
+            "path": out / "float16.tflite",
+            "format": "tflite",
+            "quantization": "float16",
+        },
+        {
+            "path": out / "int8.tflite",
+            "format": "tflite",
+            "quantization": "int8",
+            "representative_images": calibration,
+        },
+    ]
+    paths = export_many(model, specs)
+    return model, dict(zip([os.path.basename(p) for p in paths], paths))
+
+
+@pytest.mark.parametrize("fmt", list(FLOAT_FORMATS))
+def test_float_export_matches_keras_at_any_size(exported, fmt):
+    model, paths = exported
+    run = ExportedModel(paths[FLOAT_FORMATS[fmt]])
+    assert run.output_name == "logits"
+    rng = np.random.default_rng(0)
+    for size in SIZES:
+        x = _images(rng, size)
+        expected = _numpy(model(x, training=False))
+        got = run(x)
+        logits_size = [-(-s // 4) for s in size]
+        assert got.shape == expected.shape == (2, *logits_size, NUM_CLASSES)
+        np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", list(FLOAT_FORMATS))
+def test_export_equals_call_without_training_flag(exported, fmt):
+    # reference.md pitfall: a layer defaulting to training=True would make
+    # model(x) (and a traced export) run BatchNorm in training mode.
+    model, paths = exported
+    x = _images(np.random.default_rng(3), SIZES[1])
+    got = ExportedModel(paths[FLOAT_FORMATS[fmt]])(x)
+    np.testing.assert_allclose(got, _numpy(model(x)), atol=ATOL, rtol=0)
+    # The comparison can tell: training mode is far off. (A training call
+    # updates the BatchNorm statistics: restore them for the other tests.)
+    weights = model.get_weights()
+    training = _numpy(model(x, training=True))
+    model.set_weights(weights)
+    assert np.abs(got - training).max() > 100 * ATOL
+
+
+def _pipeline_mask(model, image):
+    """The Keras pipeline: numpy pre-processing, model, numpy resize."""
+    return Segmenter(model)(image)
+
+
+def _assert_same_mask(model, image, mask):
+    expected = _pipeline_mask(model, image)
+    assert mask.shape == expected.shape == image.shape[:2]
+    differ = mask != expected
+    if differ.any():
+        # Only near-ties may flip (float rounding of the two pipelines).
+        logits = Segmenter(model).predict_logits(image)
+        top2 = np.sort(logits, axis=-1)[..., -2:]
+        assert np.all((top2[..., 1] - top2[..., 0])[differ] < 1e-4)
+    assert differ.mean() < 1e-3
+
+
+@pytest.mark.parametrize(
+    "name, size",
+    [("prepost.onnx", SIZES[0]), ("prepost.onnx", SIZES[1])]
+    + [("prepost.tflite", SIZES[0])],
+)
+def test_raw_uint8_in_mask_out(exported, name, size):
+    model, paths = exported
+    run = ExportedModel(paths[name])
+    assert run.output_name == "mask"
+    assert run.input_dtype == np.uint8
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
+    masks = run(images)
+    assert masks.shape == (2, *size)
+    assert masks.dtype == np.int32
+    for image, mask in zip(images, masks):
+        _assert_same_mask(model, image, mask)
+
+
+@pytest.mark.parametrize("quantization", ["float16", "int8"])
+def test_quantized_tflite_agrees_with_float_argmax(exported, quantization):
+    model, paths = exported
+    num_classes = NUM_CLASSES
+    images, masks = _render_set(6, (96, 128), 2, num_classes)
+    x = np.stack([normalize_image(i) for i in images])
+    logits = _numpy(model(x, training=False))
+    expected = logits.argmax(-1)
+    # The model must be meaningful for the agreement to mean anything:
+    # better than the majority class, with several classes predicted.
+    labels = np.stack(masks)[:, 2::4, 2::4]
+    accuracy = (expected == labels).mean()
+    majority = np.bincount(labels.ravel()).max() / labels.size
+    assert accuracy > majority + 0.1, (accuracy, majority)
+    shares = np.bincount(expected.ravel(), minlength=num_classes)
+    assert (shares / expected.size > 0.05).sum() >= 2
+    got = ExportedModel(paths[f"{quantization}.tflite"])(x)
+    assert got.shape == logits.shape
+    agreement = (got.argmax(-1) == expected).mean()
+    assert agreement >= MIN_AGREEMENT[quantization], agreement
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from hf_utils import HF_TINY, save_hf_model
+
+    directory = tmp_path_factory.mktemp("hf")
+    save_hf_model(directory, task="segmentation", num_labels=7, **HF_TINY)
+    return directory
+
+
+def test_cli_export_of_transformers_directory(hf_dir, tmp_path, capsys):
+    out = tmp_path / "nested" / "hf_saved_model"
+    rc = cli.main(
+        [
+            "export",
+            "--model",
+            str(hf_dir),
+            "--format",
+            "saved_model",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    assert "Exported saved_model" in capsys.readouterr().out
+    model = load_model(hf_dir)
+    run = ExportedModel(out)
+    rng = np.random.default_rng(7)
+    for size in SIZES:
+        x = _images(rng, size, batch=1)
+        expected = _numpy(model(x, training=False))
+        assert expected.shape[-1] == 7
+        np.testing.assert_allclose(run(x), expected, atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------------ errors (fast)
+
+
+@pytest.fixture
+def small_model():
+    return tiny_segformer(3)
+
+
+def test_unknown_format(small_model, tmp_path):
+    with pytest.raises(ValueError, match="Unknown export format 'tflight'"):
+        export_model(small_model, tmp_path / "m", "tflight")
+
+
+def test_quantization_needs_tflite(small_model, tmp_path):
+    with pytest.raises(ValueError, match="only available for the tflite"):
+        export_model(
+            small_model, tmp_path / "m.onnx", "onnx", quantization="int8"
+        )
+    with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
+        export_model(
+            small_model, tmp_path / "m.tflite", "tflite", quantization="int4"
+        )
+
+
+def test_int8_without_calibration_images(small_model, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="needs calibration images"):
+        export_model(
+            small_model,
+            tmp_path / "m.tflite",
+            "tflite",
+            quantization="int8",
+            representative_images=empty,
+        )
+    with pytest.raises(ValueError, match="needs calibration images"):
+        export_model(
+            small_model,
+            tmp_path / "m.tflite",
+            "tflite",
+            quantization="int8",
+            representative_images=[],
+        )
+    with pytest.raises(ValueError, match="calibration data for"):
+        export_model(
+            small_model,
+            tmp_path / "m.tflite",
+            "tflite",
+            representative_images=empty,
+        )
+
+
+def test_output_path_not_writable(small_model, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(OSError, match="is not writable"):
+        export_model(small_model, blocker / "m.onnx", "onnx")
+    with pytest.raises(OSError, match="is a directory"):
+        export_model(small_model, tmp_path, "onnx")
+    with pytest.raises(OSError, match="is a file"):
+        export_model(small_model, blocker, "saved_model")
+
+
+def test_bad_input_options(small_model, tmp_path):
+    with pytest.raises(ValueError, match="too small"):
+        export_model(small_model, tmp_path / "m", input_size=(16, 64))
+    with pytest.raises(ValueError, match="needs include_preprocessing"):
+        export_model(small_model, tmp_path / "m", input_dtype="uint8")
+
+
+def test_postprocessing_needs_segmentation_logits(tmp_path):
+    from conftest import TINY
+
+    import keras_segformer
+
+    classifier = keras_segformer.build_classifier(4, **TINY)
+    with pytest.raises(ValueError, match="segmentation model"):
+        export_model(classifier, tmp_path / "m", include_postprocessing=True)
+
+
+def test_unreadable_model_file(tmp_path, capsys):
+    bad = tmp_path / "broken.keras"
+    bad.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match="Could not read the Keras model"):
+        load_model(bad)
+    with pytest.raises(FileNotFoundError, match="Model not found"):
+        load_model(tmp_path / "missing.keras")
+    with pytest.raises(ValueError, match="--variant"):
+        load_model(_touch(tmp_path / "w.weights.h5"))
+    rc = cli.main(
+        [
+            "export",
+            "--model",
+            str(bad),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "Could not read the Keras model file" in err
+    assert "broken.keras" in err
+
+
+def _touch(path):
+    path.write_bytes(b"")
+    return path
+
+
+def test_calibration_images_sources(tmp_path):
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 50), (70, 30)]):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), np.uint8)).save(
+            tmp_path / f"img{i}.png"
+        )
+    got = calibration_images(tmp_path, size=(32, 48))
+    assert [g.shape for g in got] == [(32, 48, 3)] * 2
+    assert all(g.dtype == np.uint8 for g in got)
+    own = calibration_images(tmp_path)
+    assert [g.shape for g in own] == [(40, 50, 3), (70, 30, 3)]
+    batch = rng.integers(0, 256, (3, 20, 20, 3), np.uint8)
+    assert len(calibration_images(batch)) == 3
+    with pytest.warns(UserWarning, match="synthetic"):
+        synthetic = calibration_images(None, size=(64, 80))
+    assert len(synthetic) >= 8
+    assert synthetic[0].shape == (64, 80, 3)
+    assert len({s.tobytes() for s in synthetic}) == len(synthetic)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        calibration_images(tmp_path / "nope")
