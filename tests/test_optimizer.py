@@ -184,6 +184,37 @@ def test_fit_moves_head_ten_times_further(rng):
     np.testing.assert_allclose(lr_now, lr * (1 - 5 / 10), rtol=1e-5)
 
 
+def test_compile_for_training_defaults(rng):
+    model = quarter_res_model(3)
+    compile_for_training(model, total_steps=40)
+    schedule = model.optimizer._learning_rate
+    assert isinstance(model.optimizer, GroupedAdamW)
+    assert (schedule.initial_learning_rate, schedule.warmup_steps) == (6e-5, 40)
+    assert schedule.decay_steps == 40
+    assert list(model.optimizer.lr_multipliers.values()) == [10.0]
+    assert model.optimizer.weight_decay == 0.01
+    (metric,) = model._compile_config.config["metrics"]
+    assert isinstance(metric, MeanIoU) and metric.num_classes == 3
+    compile_for_training(model, total_steps=160_000)
+    assert model.optimizer._learning_rate.warmup_steps == 1500
+    with pytest.raises(ValueError, match="warmup_steps"):
+        compile_for_training(model, 10, optimizer="adam", warmup_steps=3)
+
+
+def test_binary_model_trains(rng):
+    """One logit channel: sigmoid loss, 2-class mIoU, compiled fit."""
+    model = quarter_res_model(1)
+    compile_for_training(model, total_steps=10, warmup_steps=0)
+    images = rng.standard_normal((2, *SHAPE[1:], 3)).astype("float32")
+    labels = rng.integers(0, 2, (2, *SHAPE[1:])).astype("int32")
+    labels[:, :4] = 255
+    (metric,) = model._compile_config.config["metrics"]
+    assert metric.num_classes == 2
+    history = model.fit(images, labels, epochs=2, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
+    assert 0.0 <= history["mean_iou"][-1] <= 1.0
+
+
 def test_save_and_load_compiled_model(rng, tmp_path):
     model = quarter_res_model(3)
     compile_for_training(
