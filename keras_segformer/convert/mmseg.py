@@ -1,0 +1,138 @@
+"""Key map of mmsegmentation's own SegFormer checkpoints (0.x >= v0.17, 1.x).
+
+Backbone ``backbone.layers.{s}.0`` is the patch embedding
+(``projection``, ``norm``), ``backbone.layers.{s}.1.{j}`` the blocks
+(``norm1``, ``attn.attn.in_proj_weight`` / ``in_proj_bias`` packed as
+``[q; k; v]``, ``attn.attn.out_proj``, ``attn.sr``, ``attn.norm``,
+``norm2``, ``ffn.layers.0`` / ``.1`` / ``.4`` = 1x1 conv, depthwise 3x3,
+1x1 conv) and ``backbone.layers.{s}.2`` the stage norm. Backbone-only
+files (mmseg's ``mit2mmseg`` output) have the same names without
+``backbone.``. All LayerNorms use eps 1e-6, which ``MiTBackbone`` expresses
+exactly (``layer_norm_epsilon=1e-6``).
+
+The head is mmseg's ``SegformerHead``, not the all-MLP head:
+``decode_head.convs.{i}`` (1x1 conv without bias + BN + ReLU),
+``decode_head.fusion_conv`` (same) and ``decode_head.conv_seg``; it loads
+into ``SegFormer(..., head="mmseg")`` (``MMSegSegFormerHead``).
+"""
+
+import re
+
+from keras_segformer.convert.state_dict import CheckpointError
+
+FORMAT_NAMES = {"mmseg": "mmsegmentation SegFormer checkpoint"}
+LAYER_NORM_EPSILON = 1e-6
+
+_BLOCK = {
+    "layer_norm_1": ("norm1", None),
+    "attention.self.sr": ("attn.sr", None),
+    "attention.self.layer_norm": ("attn.norm", None),
+    "attention.output.dense": ("attn.attn.out_proj", None),
+    "layer_norm_2": ("norm2", None),
+    # mmseg's MixFFN uses 1x1 convolutions where transformers has Linear.
+    "mlp.dense1": ("ffn.layers.0", "conv1x1"),
+    "mlp.dwconv.dwconv": ("ffn.layers.1", None),
+    "mlp.dense2": ("ffn.layers.4", "conv1x1"),
+}
+# nn.MultiheadAttention packs the three input projections as [q; k; v].
+_QKV = {
+    "attention.self.query": (0, 3, "q"),
+    "attention.self.key": (1, 3, "k"),
+    "attention.self.value": (2, 3, "v"),
+}
+
+SKIP_PREFIXES = ()
+SKIP_SUFFIXES = ("num_batches_tracked",)
+HEAD_PREFIXES = ("decode_head.", "auxiliary_head.")
+
+SIGNATURE = re.compile(r"^(backbone\.)?layers\.0\.0\.projection\.weight$")
+# Present when the checkpoint has mmseg's SegformerHead.
+HEAD_SIGNATURE = "decode_head.convs.0.conv.weight"
+
+
+def source_key(canonical, prefix="backbone."):
+    """mmseg name of a canonical (transformers) tensor name.
+
+    Keys of the mmseg head plan (``decode_head.convs...``) map to
+    themselves.
+
+    Args:
+        canonical: str. A key of ``hf.backbone_plan`` or ``head_plan``.
+        prefix: str. ``"backbone."`` or ``""`` (backbone-only files).
+
+    Returns:
+        ``(key, part, transform)`` as in ``nvlabs.source_key``.
+    """
+    m = re.fullmatch(
+        r"segformer\.encoder\.patch_embeddings\.(\d+)\.(proj|layer_norm)"
+        r"\.(\w+)",
+        canonical,
+    )
+    if m:
+        s, module, param = int(m[1]), m[2], m[3]
+        module = "projection" if module == "proj" else "norm"
+        return f"{prefix}layers.{s}.0.{module}.{param}", None, None
+    m = re.fullmatch(
+        r"segformer\.encoder\.block\.(\d+)\.(\d+)\.(.+)\.(\w+)", canonical
+    )
+    if m:
+        s, j, module, param = int(m[1]), int(m[2]), m[3], m[4]
+        block = f"{prefix}layers.{s}.1.{j}"
+        if module in _QKV:
+            return f"{block}.attn.attn.in_proj_{param}", _QKV[module], None
+        if module in _BLOCK:
+            name, transform = _BLOCK[module]
+            if param != "weight":
+                transform = None
+            return f"{block}.{name}.{param}", None, transform
+    m = re.fullmatch(r"segformer\.encoder\.layer_norm\.(\d+)\.(\w+)", canonical)
+    if m:
+        return f"{prefix}layers.{int(m[1])}.2.{m[2]}", None, None
+    if re.match(r"decode_head\.(convs\.\d+|fusion_conv|conv_seg)\.", canonical):
+        return canonical, None, None
+    raise CheckpointError(
+        f"mmsegmentation checkpoints have no counterpart of {canonical!r}."
+    )
+
+
+def _batch_norm(prefix, bn):
+    return [
+        (f"{prefix}.weight", bn.gamma, "identity"),
+        (f"{prefix}.bias", bn.beta, "identity"),
+        (f"{prefix}.running_mean", bn.moving_mean, "identity"),
+        (f"{prefix}.running_var", bn.moving_variance, "identity"),
+    ]
+
+
+def head_plan(model):
+    """(mmseg key, keras variable, transform) for a ``head="mmseg"`` model.
+
+    Args:
+        model: ``SegFormer`` built with ``head="mmseg"``.
+    """
+    if getattr(model, "head", None) != "mmseg":
+        raise CheckpointError(
+            "mmsegmentation's SegformerHead loads into a SegFormer built "
+            f"with head='mmseg'; this model has head="
+            f"{getattr(model, 'head', None)!r}."
+        )
+    head = model.get_layer("decode_head")
+    plan = []
+    for i, (conv, bn) in enumerate(zip(head.convs, head.conv_norms)):
+        plan.append(
+            (f"decode_head.convs.{i}.conv.weight", conv.kernel, "conv1x1")
+        )
+        plan += _batch_norm(f"decode_head.convs.{i}.bn", bn)
+    plan.append(
+        (
+            "decode_head.fusion_conv.conv.weight",
+            head.fusion_conv.kernel,
+            "conv1x1",
+        )
+    )
+    plan += _batch_norm("decode_head.fusion_conv.bn", head.fusion_norm)
+    plan += [
+        ("decode_head.conv_seg.weight", head.classifier.kernel, "conv1x1"),
+        ("decode_head.conv_seg.bias", head.classifier.bias, "identity"),
+    ]
+    return plan
