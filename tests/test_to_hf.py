@@ -1,0 +1,148 @@
+"""Keras -> transformers export (``save_pretrained``) and round trips."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, TINY_DECODER
+from hf_utils import HF_TINY, hf_forward, save_hf_model
+from safetensors.numpy import load_file
+from transformers import (
+    SegformerForImageClassification,
+    SegformerForSemanticSegmentation,
+    SegformerModel,
+)
+
+import keras_segformer
+from keras_segformer.convert import CheckpointError, save_pretrained
+
+TOL = 1e-4
+SIZE = (45, 70)  # non-square
+
+
+def images(size=SIZE, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, *size, 3)).astype("float32")
+
+
+def to_numpy(x):
+    if isinstance(x, (list, tuple)):
+        return [keras.ops.convert_to_numpy(t) for t in x]
+    return keras.ops.convert_to_numpy(x)
+
+
+def randomize(model, seed=0):
+    """Non-trivial values everywhere (BN statistics included)."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        if w.path.endswith("moving_variance"):
+            value = rng.uniform(0.5, 2.0, w.shape)
+        else:
+            value = rng.standard_normal(w.shape) * 0.2
+            if w.path.endswith("gamma"):
+                value += 1.0
+        w.assign(value.astype("float32"))
+    return model
+
+
+def load_hf(cls, directory):
+    model, info = cls.from_pretrained(directory, output_loading_info=True)
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        assert not info[kind], (kind, info[kind])
+    return model.eval()
+
+
+def test_segformer_exports_to_transformers(tmp_path):
+    names = {i: f"class_{i}" for i in range(5)}
+    model = randomize(
+        keras_segformer.build_segformer(
+            5, decoder_hidden_size=TINY_DECODER, id2label=names, **TINY
+        )
+    )
+    paths = save_pretrained(model, tmp_path / "hf")
+    assert sorted(os.listdir(tmp_path / "hf")) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    config = json.load(open(paths["config"]))
+    assert config["architectures"] == ["SegformerForSemanticSegmentation"]
+    assert config["id2label"] == {str(k): v for k, v in names.items()}
+    assert config["label2id"] == {v: k for k, v in names.items()}
+    assert config["num_attention_heads"] == TINY["num_heads"]
+    hf = load_hf(SegformerForSemanticSegmentation, tmp_path / "hf")
+    assert hf.config.id2label == names
+    x = images()
+    ref, _ = hf_forward(hf, x)
+    got = to_numpy(model.predict_on_batch(x))
+    np.testing.assert_allclose(got, ref, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("task", ["classification", "backbone"])
+def test_classifier_and_backbone_export(tmp_path, task):
+    if task == "classification":
+        model = keras_segformer.build_classifier(6, **TINY)
+        cls = SegformerForImageClassification
+    else:
+        model = keras_segformer.build_mit(**TINY)
+        cls = SegformerModel
+    randomize(model, seed=1)
+    save_pretrained(model, tmp_path)
+    hf = load_hf(cls, tmp_path)
+    x = images(seed=2)
+    ref_logits, ref_stages = hf_forward(hf, x)
+    out = to_numpy(model.predict_on_batch(x))
+    if task == "classification":
+        assert hf.config.num_labels == 6
+        np.testing.assert_allclose(out, ref_logits, atol=TOL, rtol=0)
+    else:
+        for got, ref in zip(out, ref_stages):
+            np.testing.assert_allclose(got, ref, atol=TOL, rtol=0)
+
+
+def test_round_trip_transformers_keras_transformers_keras(tmp_path):
+    hf = save_hf_model(tmp_path / "a", num_labels=4, **HF_TINY)
+    model = keras_segformer.from_pretrained(tmp_path / "a")
+    save_pretrained(model, tmp_path / "b")
+    # Byte-for-byte the same tensors under the same names.
+    original = load_file(tmp_path / "a" / "model.safetensors")
+    exported = load_file(tmp_path / "b" / "model.safetensors")
+    assert sorted(exported) == sorted(original)
+    for key, value in original.items():
+        assert exported[key].shape == value.shape, key
+        if not key.endswith("num_batches_tracked"):
+            np.testing.assert_array_equal(exported[key], value, err_msg=key)
+    hf_b = load_hf(SegformerForSemanticSegmentation, tmp_path / "b")
+    x = images((33, 50), batch=1)
+    ref, _ = hf_forward(hf, x)
+    got, _ = hf_forward(hf_b, x)
+    np.testing.assert_array_equal(got, ref)
+    again = keras_segformer.from_pretrained(tmp_path / "b")
+    assert again.id2label == model.id2label
+    for a, b in zip(again.weights, model.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    np.testing.assert_allclose(
+        to_numpy(again.predict_on_batch(x)), ref, atol=TOL, rtol=0
+    )
+
+
+def test_mmseg_head_is_refused_and_nothing_written(tmp_path):
+    model = keras_segformer.build_segformer(
+        3, decoder_hidden_size=8, head="mmseg", **TINY
+    )
+    with pytest.raises(CheckpointError, match="SegformerHead"):
+        save_pretrained(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_layer_norm_epsilon_warns(tmp_path):
+    model = keras_segformer.build_mit(layer_norm_epsilon=1e-6, **TINY)
+    with pytest.warns(UserWarning, match="eps"):
+        save_pretrained(model, tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    assert "encoder.patch_embeddings.0.proj.weight" in state
+    assert torch.from_numpy(state["encoder.layer_norm.3.weight"]).shape == (
+        TINY["hidden_sizes"][-1],
+    )
