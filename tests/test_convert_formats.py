@@ -668,6 +668,26 @@ def test_mmseg_backbone_only_file_without_prefix(checkpoints, tmp_path):
         assert max_diff(got, ref) <= TOL
 
 
+def test_segmentation_checkpoint_under_new_classes(checkpoints):
+    """backbone_only keeps the checkpoint's head type, takes a new size."""
+    model = load_checkpoint(
+        checkpoints["mmseg"]["path"],
+        num_classes=2,
+        backbone_only=True,
+        num_heads=HEADS,
+        decoder_hidden_size=8,
+    )
+    assert model.head == "mmseg" and model.decoder_hidden_size == 8
+    report = model.load_report
+    assert len(report.mapping) == len(model.backbone.weights)
+    assert report.skipped and all(
+        k.startswith("decode_head.") for k in report.skipped
+    )
+    assert len(report.skipped) == sum(
+        k.startswith("decode_head.") for k in checkpoints["mmseg"]["state"]
+    )
+
+
 def test_b0_widths_need_no_architecture_arguments(tmp_path):
     """Heads and strides come from the variant table (matched by hidden
     sizes); the rest from shapes and counts."""
@@ -694,6 +714,31 @@ def test_b0_widths_need_no_architecture_arguments(tmp_path):
     assert max_diff(logits, ref) <= TOL
     with pytest.raises(ValueError, match="depths"):
         load_checkpoint(path, variant="b0")  # b0 has depths [2, 2, 2, 2]
+
+
+def test_transformers_directory_and_bare_file(tmp_path):
+    hf = make_hf_model("segmentation", num_labels=3, seed=5, **HF_TINY)
+    hf.save_pretrained(tmp_path / "hf")
+    x = images()
+    ref, _ = hf_forward(hf, x)
+    model = load_checkpoint(tmp_path / "hf", labels=["a", "b", "c"])
+    assert model.load_report.format == "hf"
+    assert model.backbone.layer_norm_epsilon == 1e-5
+    assert model.backbone.num_heads == HEADS  # from config.json
+    assert model.id2label == {0: "a", 1: "b", 2: "c"}
+    assert max_diff(to_numpy(model.predict_on_batch(x)), ref) <= TOL
+    # Without config.json the heads must be given.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "weights.safetensors").write_bytes(
+        (tmp_path / "hf" / "model.safetensors").read_bytes()
+    )
+    with pytest.raises(ValueError, match="num_heads"):
+        load_checkpoint(bare / "weights.safetensors")
+    again = load_checkpoint(bare / "weights.safetensors", num_heads=HEADS)
+    assert again.id2label is None
+    for a, b in zip(again.weights, model.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
 # ---------------------------------------------------------------------------

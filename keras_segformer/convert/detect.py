@@ -1,13 +1,13 @@
 """Any SegFormer checkpoint -> Keras model: detect, infer, map, assign.
 
-Formats (see ``/docs`` of each module): transformers (``hf``), NVlabs
-segmentation (``nvlabs``) and ImageNet MiT (``mit``) checkpoints, and
-mmsegmentation (``mmseg``). The format comes from the key names, the
-architecture from tensor shapes and counts (depths, hidden sizes, patch
-sizes, spatial-reduction ratios, MLP ratios, decoder size, number of
-classes, head type); what weights cannot tell (attention heads, strides)
-comes from the variant table (``configs.VARIANTS``, matched by hidden
-sizes) or from arguments.
+Formats (described in ``hf.py``, ``nvlabs.py`` and ``mmseg.py``):
+transformers (``hf``), NVlabs segmentation (``nvlabs``) and ImageNet MiT
+(``mit``) checkpoints, and mmsegmentation (``mmseg``). The format comes
+from the key names, the architecture from tensor shapes and counts
+(depths, hidden sizes, patch sizes, spatial-reduction ratios, MLP ratios,
+decoder size, number of classes, head type); what weights cannot tell
+(attention heads, strides) comes from the variant table
+(``configs.VARIANTS``, matched by hidden sizes) or from arguments.
 
 Every reader is a key map from the canonical transformers names of the
 plans in ``hf.py`` (and ``mmseg.head_plan``) to the checkpoint's names,
@@ -561,7 +561,9 @@ def resolve_labels(labels, num_classes=None):
 # One call: checkpoint file -> Keras model
 
 
-def _complete(arch, *, variant, num_heads, strides, decoder_hidden_size):
+def _complete(
+    arch, *, variant, num_heads, strides, decoder_hidden_size, new_head
+):
     """Fill in what the weights cannot tell, from arguments or a variant."""
     if variant is not None:
         cfg = variant_config(variant)
@@ -588,7 +590,8 @@ def _complete(arch, *, variant, num_heads, strides, decoder_hidden_size):
             )
     if decoder_hidden_size is not None:
         if (
-            arch["decoder_hidden_size"] is not None
+            not new_head
+            and arch["decoder_hidden_size"] is not None
             and arch["decoder_hidden_size"] != decoder_hidden_size
         ):
             raise ValueError(
@@ -635,7 +638,9 @@ def load_checkpoint(
 
     Args:
         path: str. A checkpoint file (``.pth``, ``.bin``, ``.safetensors``)
-            or a transformers directory.
+            or a local transformers directory (``config.json`` next to
+            the weights supplies heads, strides, dropouts and class
+            names; for Hub ids use ``from_pretrained``).
         format: str. ``"auto"``, ``"hf"``, ``"nvlabs"``, ``"mit"`` or
             ``"mmseg"``; a given format must agree with the names.
         task: str or None. ``"segmentation"``, ``"classification"`` or
@@ -684,22 +689,16 @@ def load_checkpoint(
                 f"{path!r} is a directory (a transformers checkpoint); "
                 f"format={format!r} needs a checkpoint file."
             )
-        model = hf.from_pretrained(
-            path,
-            task=task,
-            num_classes=num_classes,
-            id2label=resolve_labels(labels, num_classes),
-            backbone_only=backbone_only,
-            **kwargs,
-        )
-        load = model.load_report
-        model.load_report = ConversionReport(
-            source=path,
-            format="hf",
-            load=load,
-            mapping=[(k, "", ()) for k in load.assigned],
-        )
-        return model
+        weights = [
+            os.path.join(path, name)
+            for name in hf.WEIGHT_FILES
+            if os.path.isfile(os.path.join(path, name))
+        ]
+        if not weights:
+            raise FileNotFoundError(
+                f"No weights in {path!r}: expected one of {hf.WEIGHT_FILES}."
+            )
+        path = weights[0]
 
     state_dict, layout = _prepare(read_state_dict(path), format)
     arch = infer_architecture(state_dict, layout)
@@ -708,13 +707,15 @@ def load_checkpoint(
         backbone_kwargs, head_kwargs = hf.config_to_kwargs(config)
         arch["num_heads"] = list(backbone_kwargs["num_heads"])
         arch["strides"] = list(backbone_kwargs["strides"])
-        labels = labels if labels is not None else head_kwargs["id2label"]
+        if labels is None and not backbone_only:
+            labels = head_kwargs["id2label"]
     arch = _complete(
         arch,
         variant=variant,
         num_heads=num_heads,
         strides=strides,
         decoder_hidden_size=decoder_hidden_size,
+        new_head=backbone_only,
     )
     if task is None:
         task = "segmentation" if backbone_only else arch["task"]
@@ -745,7 +746,7 @@ def load_checkpoint(
             "A new head needs `num_classes` (the checkpoint's "
             f"{arch['task']} weights are not loaded with backbone_only=True)."
         )
-    head = head or "mlp"
+    head = head or arch["head"] or "mlp"
     if task == "segmentation" and arch["decoder_hidden_size"] is None:
         if arch.get("variant") is None:
             raise ValueError(
@@ -791,6 +792,7 @@ def load_checkpoint(
             backbone,
             num_classes,
             decoder_hidden_size=arch["decoder_hidden_size"],
+            dropout=0.1 if config is None else head_kwargs["dropout"],
             id2label=id2label,
             head=head,
         )
