@@ -119,7 +119,10 @@ class SegFormerLoss(keras.losses.Loss):
     raises ``ValueError`` when the loss runs eagerly; inside a compiled
     function (``tf.function``, ``jax.jit``) it cannot raise and the loss
     becomes NaN instead. With ``check_labels=False`` such pixels are
-    ignored.
+    ignored. The eager check reads one boolean back from the device per
+    call (PyTorch's trainer runs eagerly); ``check_labels=False`` avoids
+    that sync. Under ``tf.distribute`` each replica averages its own
+    pixels, then the replicas are averaged, as Keras' own losses do.
 
     Args:
         ignore_index: int. Label value that is neither scored nor counted.
