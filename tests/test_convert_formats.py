@@ -737,8 +737,11 @@ def test_transformers_directory_and_bare_file(tmp_path):
         load_checkpoint(bare / "weights.safetensors")
     again = load_checkpoint(bare / "weights.safetensors", num_heads=HEADS)
     assert again.id2label is None
-    for a, b in zip(again.weights, model.weights):
-        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    target = keras_segformer.build_segformer(3, decoder_hidden_size=16, **TINY)
+    assert load_weights(target, tmp_path / "hf").format == "hf"
+    for a, b, c in zip(again.weights, target.weights, model.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(c))
+        np.testing.assert_array_equal(to_numpy(b), to_numpy(c))
 
 
 # ---------------------------------------------------------------------------
@@ -976,7 +979,7 @@ def test_mmseg_head_model_saves_and_loads(tmp_path):
     assert loaded.head == "mmseg"
     # model(x) without training= must run in inference mode.
     np.testing.assert_allclose(
-        to_numpy(loaded.predict_on_batch(x)), to_numpy(model(x)), atol=1e-6
+        to_numpy(loaded.predict_on_batch(x)), to_numpy(model(x)), atol=1e-5
     )
     with pytest.raises(ValueError, match="head"):
         keras_segformer.build_segformer(

@@ -433,6 +433,24 @@ def _plan_for(model, layout, backbone_only):
     return plan + hf.head_plan(model)
 
 
+def _weights_file(path, format="auto"):
+    """The weights file of a transformers directory; a file stays."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return path
+    if format not in ("auto", "hf"):
+        raise ValueError(
+            f"{path!r} is a directory (a transformers checkpoint); "
+            f"format={format!r} needs a checkpoint file."
+        )
+    for name in hf.WEIGHT_FILES:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise FileNotFoundError(
+        f"No weights in {path!r}: expected one of {hf.WEIGHT_FILES}."
+    )
+
+
 def load_weights(model, checkpoint, *, format="auto", backbone_only=False):
     """Load a checkpoint of any supported format into an existing model.
 
@@ -442,7 +460,8 @@ def load_weights(model, checkpoint, *, format="auto", backbone_only=False):
 
     Args:
         model: ``SegFormer``, ``MiTClassifier`` or ``MiTBackbone``.
-        checkpoint: str path or dict of arrays.
+        checkpoint: str path (a file or a transformers directory) or a
+            dict of arrays.
         format: str. ``"auto"`` (from the names), ``"hf"``, ``"nvlabs"``,
             ``"mit"`` or ``"mmseg"``.
         backbone_only: bool. Load the encoder only; the checkpoint's head
@@ -458,7 +477,7 @@ def load_weights(model, checkpoint, *, format="auto", backbone_only=False):
     """
     source = "state dict"
     if isinstance(checkpoint, (str, os.PathLike)):
-        source = os.fspath(checkpoint)
+        source = _weights_file(checkpoint, format)
         checkpoint = read_state_dict(source)
     state_dict, layout = _prepare(checkpoint, format)
     return _load(model, state_dict, layout, backbone_only, source)
@@ -683,23 +702,7 @@ def load_checkpoint(
     path = os.fspath(path)
     if task is not None and task not in TASKS:
         raise ValueError(f"`task` must be one of {TASKS}. Received: {task!r}")
-    if os.path.isdir(path):
-        if format not in ("auto", "hf"):
-            raise ValueError(
-                f"{path!r} is a directory (a transformers checkpoint); "
-                f"format={format!r} needs a checkpoint file."
-            )
-        weights = [
-            os.path.join(path, name)
-            for name in hf.WEIGHT_FILES
-            if os.path.isfile(os.path.join(path, name))
-        ]
-        if not weights:
-            raise FileNotFoundError(
-                f"No weights in {path!r}: expected one of {hf.WEIGHT_FILES}."
-            )
-        path = weights[0]
-
+    path = _weights_file(path, format)
     state_dict, layout = _prepare(read_state_dict(path), format)
     arch = infer_architecture(state_dict, layout)
     config = _sibling_config(path) if layout.family == "hf" else None
