@@ -295,3 +295,17 @@ def test_unknown_variant():
 def test_bad_id2label():
     with pytest.raises(ValueError, match="id2label"):
         tiny_segformer(num_classes=3, id2label={0: "a", 1: "b"})
+
+
+def test_compiled_model_reloads_compiled(tmp_path):
+    model = tiny_segformer(num_classes=3)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="mse")
+    x = np.zeros((1, 32, 32, 3), "float32")
+    model.train_on_batch(x, np.zeros((1, 8, 8, 3), "float32"))
+    model.save(tmp_path / "c.keras")
+    loaded = keras.models.load_model(tmp_path / "c.keras")
+    assert loaded.compiled
+    assert isinstance(loaded.optimizer, keras.optimizers.AdamW)
+    lr = float(keras.ops.convert_to_numpy(loaded.optimizer.learning_rate))
+    assert lr == pytest.approx(1e-3)
+    assert int(keras.ops.convert_to_numpy(loaded.optimizer.iterations)) == 1

@@ -254,3 +254,53 @@ def test_demo_command_end_to_end(tmp_path, capsys):
 
     mask = np.asarray(Image.open(out / "overlays" / "val_00000_mask.png"))
     assert mask.shape == (64, 64) and mask.max() < 6
+
+
+@pytest.mark.parametrize("hf_classes", [NUM_CLASSES, 7])
+def test_train_init_from_a_transformers_directory(
+    shapes, tmp_path, capsys, hf_classes
+):
+    from hf_utils import save_hf_model
+
+    import keras_segformer
+
+    hf_dir = tmp_path / "hf"
+    save_hf_model(hf_dir, num_labels=hf_classes)  # B0 config
+    train = shapes["train"]
+    out = tmp_path / "init"
+    args = [
+        "train",
+        "--num-classes",
+        str(NUM_CLASSES),
+        "--images",
+        os.path.dirname(train.images[0]),
+        "--masks",
+        os.path.dirname(train.masks[0]),
+        "--init",
+        str(hf_dir),
+        "--epochs",
+        "1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--lr",
+        "0",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    expected = "all weights" if hf_classes == NUM_CLASSES else "encoder weights"
+    assert f"init: {expected} from" in text
+    # lr 0: the encoder still holds the checkpoint's weights.
+    trained = keras.models.load_model(out / "model.keras")
+    reference = keras_segformer.from_pretrained(
+        hf_dir, num_classes=NUM_CLASSES, backbone_only=True
+    )
+    for a, b in zip(
+        trained.backbone.get_weights(), reference.backbone.get_weights()
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-6)

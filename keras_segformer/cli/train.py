@@ -52,28 +52,45 @@ def add_parser(subparsers):
 
 
 def _init_model(args, id2label):
+    """Build the model and start it from ``--init`` when given.
+
+    ``.keras`` / ``.weights.h5`` models of the same variant give all their
+    weights (only the encoder when the class count differs); checkpoint
+    files and transformers directories (any format ``convert`` reads) load
+    strictly, falling back to the encoder alone when the head does not fit
+    (a different class count, or an ImageNet MiT classifier).
+    """
     import keras_segformer
     from keras_segformer.cli.common import load_any_model
+    from keras_segformer.convert import CheckpointError, load_weights
 
     model = keras_segformer.build_segformer(
         args.num_classes, args.variant, id2label=id2label
     )
     if args.init is None:
         return model
-    if os.path.isdir(args.init):
-        source = keras_segformer.from_pretrained(args.init)
-    else:
+    if args.init.endswith((".keras", ".weights.h5")):
         source = load_any_model(
             args.init, variant=args.variant, num_classes=args.num_classes
         )
-    same_head = getattr(source, "num_classes", None) == args.num_classes
-    if same_head and hasattr(source, "backbone"):
-        model.set_weights(source.get_weights())
+        if getattr(source, "num_classes", None) == args.num_classes:
+            model.set_weights(source.get_weights())
+            print(f"init: all weights from {args.init}")
+        else:
+            src = getattr(source, "backbone", source)
+            model.backbone.set_weights(src.get_weights())
+            print(f"init: encoder weights from {args.init}, new head")
+        return model
+    try:
+        report = load_weights(model, args.init)
         print(f"init: all weights from {args.init}")
-    else:
-        src = getattr(source, "backbone", source)
-        model.backbone.set_weights(src.get_weights())
+    except CheckpointError as full_error:
+        try:
+            report = load_weights(model, args.init, backbone_only=True)
+        except CheckpointError:
+            raise full_error from None
         print(f"init: encoder weights from {args.init}, new head")
+    print(report)
     return model
 
 

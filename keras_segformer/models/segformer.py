@@ -40,6 +40,14 @@ class _TaskModel(keras.Model):
             jit_compile = False
         return super().compile(*args, jit_compile=jit_compile, **kwargs)
 
+    def compile_from_config(self, config):
+        # Keras skips compile on load for models that override compile();
+        # this is Keras' own restore, through the override above.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     @property
     def label2id(self):
         if self.id2label is None:
