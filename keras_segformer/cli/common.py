@@ -7,42 +7,11 @@ import os
 def load_any_model(path, *, variant=None, num_classes=None):
     """Load a model from a ``.keras`` file, a transformers directory, or a
     Keras weights file (``.weights.h5``, needs ``variant`` and
-    ``num_classes``).
-
-    Args:
-        path: str. The model.
-        variant: str or None. ``b0`` ... ``b5`` for a weights file.
-        num_classes: int or None. Classes for a weights file.
+    ``num_classes``); see ``keras_segformer.export.load_model``.
     """
-    import keras
+    from keras_segformer.export.loading import load_model
 
-    import keras_segformer
-
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return keras_segformer.from_pretrained(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No such model file or directory: {path!r}")
-    if path.endswith(".weights.h5"):
-        if variant is None or num_classes is None:
-            raise ValueError(
-                f"{path!r} holds weights only: pass --variant and "
-                "--num-classes to say which model they belong to."
-            )
-        model = keras_segformer.build_segformer(num_classes, variant)
-        model.load_weights(path)
-        return model
-    if path.endswith(".keras"):
-        try:
-            return keras.models.load_model(path)
-        except Exception as e:
-            raise ValueError(
-                f"Could not load the Keras model {path!r}: {e}"
-            ) from e
-    raise ValueError(
-        f"Unknown model format {path!r}: expected a .keras file, a "
-        ".weights.h5 file or a transformers directory."
-    )
+    return load_model(path, variant=variant, num_classes=num_classes)
 
 
 def read_class_names(spec, num_classes=None):
