@@ -83,7 +83,7 @@ def calibration_images(images=None, size=None):
             )[0]
             for i in range(NUM_SYNTHETIC_CALIBRATION)
         ]
-    source = images
+    source = "`representative_images`"
     if isinstance(images, (str, os.PathLike)):
         path = os.fspath(images)
         if os.path.isdir(path):
@@ -93,11 +93,10 @@ def calibration_images(images=None, size=None):
             images = [path]
         else:
             raise FileNotFoundError(f"Calibration images not found: {path!r}")
-    elif isinstance(images, np.ndarray) and images.ndim == 4:
+    elif isinstance(images, np.ndarray) and images.ndim < 4:
+        images = [images]  # one image
+    else:  # a list, or a (N, H, W, 3) array
         images = list(images)
-    else:
-        images = list(images)
-        source = "`representative_images`"
     if not images:
         raise ValueError(
             "int8 quantization needs calibration images, and "
