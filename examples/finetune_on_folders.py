@@ -5,8 +5,8 @@ Usage:
 
 IMAGES and MASKS are folders paired by file stem (masks: single-channel
 class-id PNGs or palette PNGs, 255 = ignore). INIT may be an ImageNet MiT
-checkpoint (mit_b0.pth), a transformers directory or a .keras model; its
-encoder is loaded into a fresh head.
+checkpoint (mit_b0.pth), an NVlabs/mmseg checkpoint or a transformers
+directory of a B0; its encoder is loaded into a fresh head.
 """
 
 import sys
