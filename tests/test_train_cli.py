@@ -184,7 +184,7 @@ def test_evaluate_scores_match_a_direct_confusion_matrix(shapes):
     )
     scores = trainer.evaluate(model, ds, verbose=False)
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES))
-    for images, labels in ds:
+    for images, labels in ds.as_numpy_iterator():
         logits = keras.ops.convert_to_numpy(model.predict_on_batch(images))
         import torch
 

@@ -171,6 +171,9 @@ def evaluate(model, dataset, *, class_names=None, verbose=True):
     """
     confusion = ConfusionMatrix(metric_classes(model.num_classes))
     bar = keras.utils.Progbar(None, verbose=1 if verbose else 0)
+    if hasattr(dataset, "as_numpy_iterator"):
+        # tf.data yields TF tensors, which JAX and PyTorch cannot take.
+        dataset = dataset.as_numpy_iterator()
     for step, (images, labels) in enumerate(dataset):
         logits = model.predict_on_batch(images)
         confusion.update_state(labels, logits)
