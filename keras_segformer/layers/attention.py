@@ -102,6 +102,8 @@ class EfficientSelfAttention(keras.layers.Layer):
             probs = ops.softmax(scores, axis=-1)
             probs = self.dropout(probs, training=training)
             out = ops.einsum("bhqk,bkhd->bqhd", probs, v)
+        elif keras.backend.backend() == "tensorflow":
+            out = _attention_tf(q, k, v, heads)
         else:
             out = ops.dot_product_attention(q, k, v)
         out = ops.reshape(out, (batch, height, width, self.hidden_size))
@@ -119,3 +121,25 @@ class EfficientSelfAttention(keras.layers.Layer):
             "attention_dropout": self.attention_dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
         }
+
+
+def _attention_tf(q, k, v, heads):
+    """``softmax(q k^T / sqrt(d)) v`` for ``(batch, tokens, heads, dim)``
+    inputs on TensorFlow, as batched matmuls.
+
+    Keras' TensorFlow ``dot_product_attention`` goes through ``tf.einsum``,
+    which transposes every operand; with one head (stage 1, the longest
+    sequence) no transpose is needed at all. The scale is applied to the
+    queries (``dim`` wide) rather than the scores (``keys`` wide).
+    """
+    import tensorflow as tf
+
+    scale = ops.cast(q.shape[-1] ** -0.5, q.dtype)
+    if heads == 1:
+        scores = tf.matmul(q[:, :, 0] * scale, k[:, :, 0], transpose_b=True)
+        probs = tf.cast(tf.nn.softmax(tf.cast(scores, "float32")), v.dtype)
+        return tf.matmul(probs, v[:, :, 0])[:, :, None]
+    q, k, v = (tf.transpose(t, (0, 2, 1, 3)) for t in (q * scale, k, v))
+    scores = tf.matmul(q, k, transpose_b=True)
+    probs = tf.cast(tf.nn.softmax(tf.cast(scores, "float32")), v.dtype)
+    return tf.transpose(tf.matmul(probs, v), (0, 2, 1, 3))

@@ -1,0 +1,63 @@
+"""The backend fast paths equal their generic keras.ops spelling."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_segformer import kernels
+
+
+def _generic_ce(logits, labels):
+    picked = ops.take_along_axis(logits, ops.expand_dims(labels, -1), -1)
+    return ops.logsumexp(logits, axis=-1) - picked[..., 0]
+
+
+def _value_and_grad(fn, x, labels):
+    """Sum of ``fn(x, labels)`` and its gradient w.r.t. ``x``, natively."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = tf.reduce_sum(fn(x, labels))
+        return value.numpy(), tape.gradient(value, x).numpy()
+    if backend == "jax":
+        import jax
+
+        value, grad = jax.value_and_grad(lambda t: fn(t, labels).sum())(x)
+        return np.asarray(value), np.asarray(grad)
+    import torch
+
+    x = torch.tensor(x, requires_grad=True)
+    value = fn(x, torch.as_tensor(labels)).sum()
+    value.backward()
+    return value.detach().numpy(), x.grad.numpy()
+
+
+def test_softmax_cross_entropy_matches_generic():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 7, 11)).astype("float32") * 4
+    labels = rng.integers(0, 11, size=(2, 5, 7)).astype("int32")
+    fast = ops.convert_to_numpy(kernels.softmax_cross_entropy(logits, labels))
+    slow = ops.convert_to_numpy(_generic_ce(logits, labels))
+    assert fast.shape == (2, 5, 7)
+    np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-5)
+
+    value, grad = _value_and_grad(kernels.softmax_cross_entropy, logits, labels)
+    ref_value, ref_grad = _value_and_grad(_generic_ce, logits, labels)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, atol=1e-6)
+    # d/dx = softmax - one_hot: each position's gradient sums to zero.
+    np.testing.assert_allclose(grad.sum(-1), 0.0, atol=1e-5)
+
+
+def test_argmax_matches_keras():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 9, 13, 6)).astype("float32")
+    x[0, 0, 0] = [0.0, -0.0, -1.0, -2.0, -3.0, -4.0]
+    fast = ops.convert_to_numpy(kernels.argmax(x))
+    np.testing.assert_array_equal(fast, np.argmax(x, axis=-1))
+    dtype = ops.convert_to_tensor(kernels.argmax(x)).dtype
+    assert keras.backend.standardize_dtype(dtype) == "int32"
