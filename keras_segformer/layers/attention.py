@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_segformer.layers import fast
+
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
 class EfficientSelfAttention(keras.layers.Layer):
@@ -88,12 +90,12 @@ class EfficientSelfAttention(keras.layers.Layer):
         def split_heads(t):
             return ops.reshape(t, (batch, -1, heads, head_dim))
 
-        q = split_heads(self.query(x))
+        q = split_heads(fast.dense(self.query, x))
         kv = x
         if self.sr_ratio > 1:
-            kv = self.sr_norm(self.sr(x))
-        k = split_heads(self.key(kv))
-        v = split_heads(self.value(kv))
+            kv = self.sr_norm(fast.conv2d(self.sr, x))
+        k = split_heads(fast.dense(self.key, kv))
+        v = split_heads(fast.dense(self.value, kv))
 
         if training and self.attention_dropout > 0:
             # The fused kernel has no dropout; spell it out for training.
@@ -107,7 +109,7 @@ class EfficientSelfAttention(keras.layers.Layer):
         else:
             out = ops.dot_product_attention(q, k, v)
         out = ops.reshape(out, (batch, height, width, self.hidden_size))
-        return self.output_dense(out)
+        return fast.dense(self.output_dense, out)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_segformer.layers import fast
+
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
 class MixFFN(keras.layers.Layer):
@@ -40,11 +42,11 @@ class MixFFN(keras.layers.Layer):
         self.dense2.build(mid)
 
     def call(self, x, training=None):
-        x = self.dwconv(self.dense1(x))
+        x = fast.depthwise_conv2d(self.dwconv, fast.dense(self.dense1, x))
         # Exact (erf) GELU, as in the reference; not the tanh approximation.
         x = ops.gelu(x, approximate=False)
         x = self.dropout(x, training=training)
-        x = self.dense2(x)
+        x = fast.dense(self.dense2, x)
         return self.dropout(x, training=training)
 
     def compute_output_shape(self, input_shape):

@@ -1,7 +1,8 @@
 """Overlapping patch embedding: strided conv with symmetric padding + LN."""
 
 import keras
-from keras import ops
+
+from keras_segformer.layers import fast
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -55,10 +56,8 @@ class OverlappingPatchEmbedding(keras.layers.Layer):
         self.layer_norm.build(self.proj.compute_output_shape(padded))
 
     def call(self, x):
-        pad = self.patch_size // 2
-        if pad:
-            x = ops.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        return self.layer_norm(self.proj(x))
+        x = fast.conv2d(self.proj, x, padding=self.patch_size // 2)
+        return self.layer_norm(x)
 
     def compute_output_shape(self, input_shape):
         def side(n):
