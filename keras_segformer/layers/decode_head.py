@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_segformer.layers import fast
 from keras_segformer.layers.resize import resize_bilinear
 
 
@@ -102,7 +103,7 @@ class SegFormerHead(keras.layers.Layer):
             x = y if x is None else x + y
         x = ops.relu(self.batch_norm(x, training=training))
         x = self.dropout(x, training=training)
-        return self.classifier(x)
+        return fast.dense(self.classifier, x)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0][:-1]) + (self.num_classes,)

@@ -41,7 +41,8 @@ def dense(layer, x):
         import torch.nn.functional as F
 
         kernel, bias = _kernel_and_bias(layer)
-        return F.linear(ops.convert_to_tensor(x), kernel.T, bias)
+        x = ops.cast(x, layer.compute_dtype)  # Keras' input autocast
+        return F.linear(x, kernel.T, bias)
     return layer(x)
 
 
@@ -53,7 +54,7 @@ def conv2d(layer, x, padding=0):
 
         kernel, bias = _kernel_and_bias(layer)
         y = F.conv2d(
-            ops.convert_to_tensor(x).permute(0, 3, 1, 2),
+            ops.cast(x, layer.compute_dtype).permute(0, 3, 1, 2),
             kernel.permute(3, 2, 0, 1),
             bias,
             stride=layer.strides,
@@ -76,7 +77,7 @@ def depthwise_conv2d(layer, x):
         kernel, bias = _kernel_and_bias(layer, "kernel")
         # (kh, kw, channels, 1) -> (channels, 1, kh, kw)
         y = F.conv2d(
-            ops.convert_to_tensor(x).permute(0, 3, 1, 2),
+            ops.cast(x, layer.compute_dtype).permute(0, 3, 1, 2),
             kernel.permute(2, 3, 0, 1),
             bias,
             padding=layer.kernel_size[0] // 2,
