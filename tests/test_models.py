@@ -309,3 +309,23 @@ def test_compiled_model_reloads_compiled(tmp_path):
     lr = float(keras.ops.convert_to_numpy(loaded.optimizer.learning_rate))
     assert lr == pytest.approx(1e-3)
     assert int(keras.ops.convert_to_numpy(loaded.optimizer.iterations)) == 1
+
+
+def test_predict_on_arrays_equals_keras_predict():
+    import tensorflow as tf
+
+    model = tiny_segformer()
+    x = np.random.default_rng(0).random((5, 64, 48, 3), dtype="float32")
+    expected = keras.Model.predict(model, x, batch_size=2, verbose=0)
+    fast = model.predict(x, batch_size=2, verbose=0)
+    assert isinstance(fast, np.ndarray) and fast.shape == (5, 16, 12, 5)
+    np.testing.assert_allclose(fast, expected, rtol=1e-5, atol=1e-5)
+    # A tensor input takes the same loop; a dataset goes to Keras.
+    tensor = model.predict(keras.ops.convert_to_tensor(x), verbose=0)
+    np.testing.assert_allclose(tensor, expected, rtol=1e-5, atol=1e-5)
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(2)
+    np.testing.assert_allclose(
+        model.predict(ds, verbose=0), expected, rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="no images"):
+        model.predict(x[:0], verbose=0)

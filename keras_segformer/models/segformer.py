@@ -1,6 +1,7 @@
 """SegFormer semantic segmentation model: MiT encoder + all-MLP decoder."""
 
 import keras
+import numpy as np
 
 from keras_segformer.layers import MMSegSegFormerHead, SegFormerHead
 from keras_segformer.models.mit import MiTBackbone
@@ -21,6 +22,11 @@ def _label_maps(id2label, num_classes):
             f"{keys[-1] if keys else None}."
         )
     return id2label
+
+
+def _is_array(x):
+    """A single NumPy array or backend tensor (not a dataset, list, dict)."""
+    return isinstance(x, np.ndarray) or keras.ops.is_tensor(x)
 
 
 class _TaskModel(keras.Model):
@@ -47,6 +53,42 @@ class _TaskModel(keras.Model):
         self.compile(**config)
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
+
+    def predict(
+        self, x, batch_size=None, verbose="auto", steps=None, callbacks=None
+    ):
+        """``keras.Model.predict``, with a direct loop for in-memory arrays.
+
+        A NumPy array or backend tensor (without ``steps`` or callbacks)
+        goes through ``predict_on_batch`` batch by batch: the same compiled
+        function and numbers, without the input pipeline Keras builds and
+        tears down on every call (0.1-0.4 s per call on TensorFlow, more
+        than a B0 forward pass at 512x512). Datasets, generators,
+        ``PyDataset``, ``steps`` and callbacks go to Keras unchanged.
+        """
+        if steps is not None or callbacks or not _is_array(x):
+            return super().predict(
+                x,
+                batch_size=batch_size,
+                verbose=verbose,
+                steps=steps,
+                callbacks=callbacks,
+            )
+        total = int(x.shape[0])
+        batch_size = int(batch_size or 32)
+        progbar = keras.utils.Progbar(
+            -(-total // batch_size), verbose=1 if verbose == "auto" else verbose
+        )
+        outputs = []
+        for i, start in enumerate(range(0, total, batch_size)):
+            batch = x[start : start + batch_size]
+            outputs.append(
+                keras.ops.convert_to_numpy(self.predict_on_batch(batch))
+            )
+            progbar.update(i + 1)
+        if not outputs:
+            raise ValueError("`x` holds no images (its first dimension is 0).")
+        return np.concatenate(outputs, axis=0)
 
     @property
     def label2id(self):
