@@ -1,5 +1,6 @@
 """``keras-segformer train``: fit a SegFormer on image/mask folders."""
 
+import argparse
 import os
 
 
@@ -33,7 +34,21 @@ def add_parser(subparsers):
         type=int,
         help="steps per epoch (default: one pass over the training images)",
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="global batch size, split over --devices (default 8)",
+    )
+    p.add_argument(
+        "--devices",
+        type=_devices,
+        help=(
+            "data-parallel training on N devices of this host, or 'all' "
+            "(TensorFlow: MirroredStrategy; JAX: DataParallel, also TPU "
+            "cores; not on PyTorch). Default: one device"
+        ),
+    )
     p.add_argument("--crop-size", type=int, nargs="+", default=[512])
     p.add_argument(
         "--base-size",
@@ -49,6 +64,20 @@ def add_parser(subparsers):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
+
+
+def _devices(text):
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive int or 'all', got {text!r}"
+        )
+    return value
 
 
 def _init_model(args, id2label):
@@ -95,6 +124,22 @@ def _init_model(args, id2label):
 
 
 def run(args):
+    from keras_segformer.training import distribution_scope
+    from keras_segformer.training.distribute import check_batch_size
+
+    if args.devices is None:
+        return _train(args)
+    devices = None if args.devices == "all" else args.devices
+    with distribution_scope(devices) as replicas:
+        print(
+            f"data-parallel training on {replicas.num_replicas} devices: "
+            + ", ".join(replicas.devices)
+        )
+        check_batch_size(args.batch_size, replicas.num_replicas, "--batch-size")
+        return _train(args)
+
+
+def _train(args):
     from keras_segformer.cli.common import read_class_names
     from keras_segformer.data import make_dataset
     from keras_segformer.data.loading import resolve_pairs

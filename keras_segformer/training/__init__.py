@@ -1,5 +1,11 @@
-"""Training recipe: loss, metrics, optimizer and schedule."""
+"""Training recipe: loss, metrics, optimizer and schedule; data-parallel
+training on several devices."""
 
+from keras_segformer.training.distribute import (
+    distribution_scope,
+    list_devices,
+    num_replicas,
+)
 from keras_segformer.training.losses import SegFormerLoss
 from keras_segformer.training.metrics import (
     ConfusionMatrix,
@@ -26,6 +32,9 @@ __all__ = [
     "WarmupPolyDecay",
     "compile_for_training",
     "create_optimizer",
+    "distribution_scope",
+    "list_devices",
+    "num_replicas",
     "per_class_report",
     "segmentation_scores",
 ]

@@ -8,7 +8,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_segformer import kernels
 from keras_segformer.layers.resize import resize_bilinear
+from keras_segformer.training.distribute import sum_over_replicas
 
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
 
@@ -121,8 +123,10 @@ class SegFormerLoss(keras.losses.Loss):
     becomes NaN instead. With ``check_labels=False`` such pixels are
     ignored. The eager check reads one boolean back from the device per
     call (PyTorch's trainer runs eagerly); ``check_labels=False`` avoids
-    that sync. Under ``tf.distribute`` each replica averages its own
-    pixels, then the replicas are averaged, as Keras' own losses do.
+    that sync. Under ``tf.distribute`` the mean is still over the labelled
+    pixels of the global batch (the count is summed over the replicas, each
+    replica returns its share), so N devices compute what one device does
+    with the same batch; Keras' own losses average per-replica means.
 
     Args:
         ignore_index: int. Label value that is neither scored nor counted.
@@ -173,7 +177,13 @@ class SegFormerLoss(keras.losses.Loss):
             total = ops.sum(weighted)
             if self.reduction == "sum":
                 return total
-            return scale_loss_for_distribution(ops.divide_no_nan(total, count))
+            count, summed = sum_over_replicas(count)
+            mean = ops.divide_no_nan(total, count)
+            if summed:
+                # This replica's share of the global mean: tf.distribute
+                # sums the replicas' gradients.
+                return mean
+            return scale_loss_for_distribution(mean)
 
     def call(self, y_true, y_pred):
         """Weighted per-pixel losses ``(batch, H, W)``, ignored pixels 0."""
@@ -225,10 +235,9 @@ class SegFormerLoss(keras.losses.Loss):
             # Stable BCE-with-logits: max(x, 0) - x * y + log(1 + e^-|x|).
             losses = ops.relu(x) - x * y + ops.log1p(ops.exp(-ops.absolute(x)))
         else:
-            picked = ops.take_along_axis(
-                logits, ops.expand_dims(safe, -1), axis=-1
-            )[..., 0]
-            losses = ops.logsumexp(logits, axis=-1) - picked
+            # logsumexp(logits) - logits[label], through each backend's
+            # fused kernel (the gather's gradient is a slow scatter-add).
+            losses = kernels.softmax_cross_entropy(logits, safe)
 
         weights = ops.cast(valid, losses.dtype)
         if self.class_weights is not None:

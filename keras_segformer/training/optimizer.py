@@ -14,6 +14,10 @@ import re
 import keras
 from keras import ops
 
+from keras_segformer.training.distribute import (
+    num_replicas,
+    synchronize_batch_norm,
+)
 from keras_segformer.training.losses import SegFormerLoss
 from keras_segformer.training.metrics import MeanIoU
 
@@ -339,6 +343,10 @@ def compile_for_training(
 ):
     """Compile ``model`` with SegFormer's loss, optimizer and mIoU.
 
+    Inside a ``distribution_scope`` with several devices, call it in the
+    scope too; on TensorFlow it also switches the BatchNorm layers to
+    global batch statistics (``synchronize_batch_norm``).
+
     Args:
         model: keras.Model. The SegFormer (logits at 1/4 resolution).
         total_steps: int. Number of training steps (for the schedule).
@@ -378,6 +386,8 @@ def compile_for_training(
     if metrics is None:
         channels = model.output_shape[-1]
         metrics = [MeanIoU(max(channels, 2), ignore_index=ignore_index)]
+    if num_replicas(model) > 1:
+        synchronize_batch_norm(model)
     model.compile(
         optimizer=optimizer,
         loss=SegFormerLoss(

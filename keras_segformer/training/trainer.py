@@ -10,7 +10,14 @@ import json
 import os
 
 import keras
+from keras import tree
 
+from keras_segformer.training.distribute import (
+    check_batch_size,
+    num_replicas,
+    pad_batches,
+    strategy_scope,
+)
 from keras_segformer.training.metrics import (
     ConfusionMatrix,
     MeanAccuracy,
@@ -85,6 +92,11 @@ def fit(
     interrupted epoch are redone, so keep epochs short for long runs
     (``steps_per_epoch``).
 
+    Several devices: build ``model`` and call ``fit`` inside
+    ``distribution_scope()``. The training batch is global and must be
+    divisible by the number of devices; validation batches are padded to
+    a multiple of it with fully ignored samples, which change no score.
+
     Args:
         model: ``SegFormer``, built.
         train_data: ``tf.data.Dataset`` (repeated) of ``(images, labels)``.
@@ -113,37 +125,58 @@ def fit(
         os.remove(probe)
     except OSError as e:
         raise OSError(f"Output folder {out_dir!r} is not writable: {e}") from e
-    compile_model(
-        model,
-        total_steps=epochs * steps_per_epoch,
-        learning_rate=learning_rate,
-        **optimizer_kw,
-    )
-    checkpoints = os.path.join(out_dir, "checkpoints")
-    os.makedirs(checkpoints, exist_ok=True)
-    history = model.fit(
-        train_data,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=validation_data,
-        verbose=verbose,
-        callbacks=[
-            keras.callbacks.BackupAndRestore(
-                os.path.join(out_dir, "backup"), double_checkpoint=True
-            ),
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(checkpoints, "epoch-{epoch:03d}.weights.h5"),
-                save_weights_only=True,
-            ),
-            keras.callbacks.CSVLogger(
-                os.path.join(out_dir, "log.csv"), append=True
-            ),
-            *_tensorboard(out_dir),
-            *callbacks,
-        ],
-    )
-    model.save(os.path.join(out_dir, FINAL_MODEL))
+    with strategy_scope(model):
+        replicas = num_replicas(model)
+        if replicas > 1:
+            batch = _batch_size(train_data)
+            if batch is not None:
+                check_batch_size(batch, replicas, "training batch size")
+            if hasattr(validation_data, "element_spec"):
+                validation_data = pad_batches(validation_data, replicas)
+        compile_model(
+            model,
+            total_steps=epochs * steps_per_epoch,
+            learning_rate=learning_rate,
+            **optimizer_kw,
+        )
+        checkpoints = os.path.join(out_dir, "checkpoints")
+        os.makedirs(checkpoints, exist_ok=True)
+        history = model.fit(
+            train_data,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=validation_data,
+            verbose=verbose,
+            callbacks=[
+                keras.callbacks.BackupAndRestore(
+                    os.path.join(out_dir, "backup"), double_checkpoint=True
+                ),
+                keras.callbacks.ModelCheckpoint(
+                    os.path.join(checkpoints, "epoch-{epoch:03d}.weights.h5"),
+                    save_weights_only=True,
+                ),
+                keras.callbacks.CSVLogger(
+                    os.path.join(out_dir, "log.csv"), append=True
+                ),
+                *_tensorboard(out_dir),
+                *callbacks,
+            ],
+        )
+        model.save(os.path.join(out_dir, FINAL_MODEL))
     return history
+
+
+def _batch_size(dataset):
+    """Batch size of a ``tf.data`` dataset (from its first batch when the
+    spec leaves it open); None for other inputs."""
+    spec = getattr(dataset, "element_spec", None)
+    if spec is None:
+        return None
+    size = tree.flatten(spec)[0].shape[0]
+    if size is None:
+        first = next(iter(dataset.take(1)))
+        size = tree.flatten(first)[0].shape[0]
+    return int(size)
 
 
 def _tensorboard(out_dir):
