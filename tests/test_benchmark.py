@@ -108,9 +108,9 @@ def test_quick_run_json(quick_run):
         assert stats["q1_ms"] <= stats["median_ms"] <= stats["q3_ms"]
         assert r["rss_peak_mb"] >= r["rss_baseline_mb"] > 0
         assert r["gflops_per_s"] > 0 and r["share_of_peak"] > 0
-        assert r["speed_vs_transformers"] > 0
+        assert r["time_vs_transformers"] > 0
         if impl == "transformers":
-            assert math.isclose(r["speed_vs_transformers"], 1.0)
+            assert math.isclose(r["time_vs_transformers"], 1.0)
         elif not case.startswith("train-"):
             assert r["figures"]["predict_on_batch"]["median_ms"] > 0
             # Logits at 1/4 resolution: 64x64 -> 16x16, 150 classes.
@@ -138,7 +138,7 @@ def test_quick_run_table(quick_run):
     for case in benchmark.QUICK_CASES:
         medians = row(case, "median ms").split()[3::2]
         assert len(medians) == 2 and all(float(m) > 0 for m in medians)
-        ratios = row(case, "vs transformers").split()[-2:]
+        ratios = row(case, "time vs transformers").split()[-2:]
         assert all(r.startswith("x") and float(r[1:]) > 0 for r in ratios)
         assert ratios[1] == "x1.00"
         # The metric name has one "%" / "(+" too.

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_segformer import kernels
 from keras_segformer.layers.resize import resize_bilinear
 from keras_segformer.training.losses import (
     _as_labels,
@@ -165,7 +166,7 @@ class ConfusionMatrix(keras.metrics.Metric):
             logits = resize_bilinear(logits, size)
         if channels == 1:
             return ops.cast(ops.greater(logits[..., 0], 0.0), "int32")
-        return ops.cast(ops.argmax(logits, axis=-1), "int32")
+        return kernels.argmax(logits, axis=-1)
 
     def result(self):
         return self.confusion.value
