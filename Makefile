@@ -2,6 +2,8 @@
 #   make demo   - train SegFormer-B0 on built-in generated data, report mIoU,
 #                 write prediction overlays (see README)
 #   make test   - ruff + the whole test suite on TensorFlow, JAX and PyTorch
+#   make benchmark - side-by-side speed/memory vs transformers and keras-hub
+#                 (adds the `bench` extra; writes benchmark_out/)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +14,7 @@ PYTEST_ARGS ?=
 # cache shared by the test processes turns minutes into seconds.
 JAX_CACHE := $(CURDIR)/.cache/jax
 
-.PHONY: setup demo test lint format
+.PHONY: setup demo test lint format benchmark
 
 setup: $(VENV)/.installed
 
@@ -43,3 +45,8 @@ test: lint
 
 demo: setup
 	$(PY) -m keras_segformer demo --out demo_out
+
+benchmark: setup
+	$(PY) -m pip install -q -e ".[bench]"
+	TF_CPP_MIN_LOG_LEVEL=2 JAX_COMPILATION_CACHE_DIR=$(JAX_CACHE) \
+	  $(PY) tools/benchmark.py --out benchmark_out $(BENCH_ARGS)
