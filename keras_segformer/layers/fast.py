@@ -28,11 +28,20 @@ def _backend():
     return keras.backend.backend()
 
 
-def _kernel_and_bias(layer, kernel_name="kernel"):
+def _kernel_and_bias(layer):
     dtype = layer.compute_dtype
-    kernel = ops.cast(getattr(layer, kernel_name), dtype)
+    kernel = ops.cast(layer.kernel, dtype)
     bias = ops.cast(layer.bias, dtype) if layer.use_bias else None
     return kernel, bias
+
+
+def _torch_conv_nhwc(layer, x, weight, bias, **kwargs):
+    """``F.conv2d`` on the channels-last map through its NCHW
+    ``channels_last`` view; the result is channels-last again, no copy."""
+    import torch.nn.functional as F
+
+    x = ops.cast(x, layer.compute_dtype).permute(0, 3, 1, 2)
+    return F.conv2d(x, weight, bias, **kwargs).permute(0, 2, 3, 1)
 
 
 def dense(layer, x):
@@ -50,17 +59,16 @@ def conv2d(layer, x, padding=0):
     """``layer(pad(x))`` for a ``keras.layers.Conv2D`` with ``"valid"``
     padding, where ``pad`` adds ``padding`` zeros on every side."""
     if _backend() == "torch":
-        import torch.nn.functional as F
-
         kernel, bias = _kernel_and_bias(layer)
-        y = F.conv2d(
-            ops.cast(x, layer.compute_dtype).permute(0, 3, 1, 2),
+        # (kh, kw, in, out) -> (out, in, kh, kw)
+        return _torch_conv_nhwc(
+            layer,
+            x,
             kernel.permute(3, 2, 0, 1),
             bias,
             stride=layer.strides,
             padding=padding,
         )
-        return y.permute(0, 2, 3, 1)
     if padding:
         p = padding
         x = ops.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
@@ -72,21 +80,19 @@ def depthwise_conv2d(layer, x):
     square kernel, stride 1, ``"same"`` padding and depth multiplier 1."""
     backend = _backend()
     if backend == "torch":
-        import torch.nn.functional as F
-
-        kernel, bias = _kernel_and_bias(layer, "kernel")
+        kernel, bias = _kernel_and_bias(layer)
         # (kh, kw, channels, 1) -> (channels, 1, kh, kw)
-        y = F.conv2d(
-            ops.cast(x, layer.compute_dtype).permute(0, 3, 1, 2),
+        return _torch_conv_nhwc(
+            layer,
+            x,
             kernel.permute(2, 3, 0, 1),
             bias,
             padding=layer.kernel_size[0] // 2,
             groups=kernel.shape[2],
         )
-        return y.permute(0, 2, 3, 1)
     height, width = x.shape[1], x.shape[2]
     if backend == "jax" and height is not None and width is not None:
-        kernel, bias = _kernel_and_bias(layer, "kernel")
+        kernel, bias = _kernel_and_bias(layer)
         kh, kw = layer.kernel_size
         ph, pw = kh // 2, kw // 2
         padded = ops.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
