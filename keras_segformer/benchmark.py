@@ -40,8 +40,14 @@ How
     Every (column, case) runs in a fresh worker process (this file, run
     by path through ``runpy`` so that the transformers worker never imports
     Keras) with ``KERAS_BACKEND`` set for it, so backends do not collide
-    and memory figures belong to one case. Workers use the CPU only
-    (``CUDA_VISIBLE_DEVICES=""``). Inputs are the same smooth random
+    and memory figures belong to one case. With ``--device cpu`` (the
+    default) workers use the CPU only (``CUDA_VISIBLE_DEVICES=""``); with
+    ``--device gpu`` every column runs on the first GPU (a worker whose
+    library sees no GPU fails instead of measuring the CPU), inputs start
+    and outputs end on the host for every column (transformers' timed call
+    includes ``.to("cuda")`` and ``.cpu()``, as Keras' ``predict`` does),
+    each library at its own default precision, and the GPU's peak memory
+    is recorded next to the RSS. Inputs are the same smooth random
     image (bilinearly upsampled coarse noise, seeded) for every column.
     ``--warmup`` calls (3) are not timed; then the call is timed
     (``time.perf_counter``) at least 3 times and up to ``--repeats`` (10)
@@ -50,9 +56,10 @@ How
     times are in the JSON. ``predict_on_batch`` follows ``predict`` in the
     same process, after one more untimed call.
 
-    Memory: ``peak RSS`` is the worker's ``ru_maxrss``; ``+run`` is that
-    minus the resident size after imports and model build, before the
-    first call (the memory the calls themselves add). Start-up: seconds
+    Memory: ``peak RSS`` is the worker's high-water resident size
+    (``VmHWM``); ``+run`` is that minus the resident size after imports
+    and model build, before the first call (the memory the calls
+    themselves add). Start-up: seconds
     to import, to build the model and for the warm-up calls (tracing and
     compilation) are recorded too.
 
@@ -111,6 +118,17 @@ import traceback
 
 NUM_CLASSES = 150
 BACKENDS = ("tensorflow", "jax", "torch")
+DEVICES = ("cpu", "gpu")
+# Matmul peak keys, the first measured one is the "% peak" reference.
+PEAK_KEYS = {
+    "cpu": ("tensorflow_float32", "tensorflow_bfloat16", "torch_float32"),
+    "gpu": (
+        "torch_cuda_float32",
+        "torch_cuda_bfloat16",
+        "jax_gpu_float32",
+        "jax_gpu_bfloat16",
+    ),
+}
 LEARNING_RATE = 6e-5
 DROP_PATH_RATE = 0.1
 SEED = 0
@@ -263,8 +281,17 @@ def model_config(variant):
         return {
             k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()
         }
-    from keras_segformer.configs import variant_config
+    # configs.py by path: importing the package would load Keras (and its
+    # default backend) into the parent process, which runs no model.
+    import importlib.util
 
+    path = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "configs.py"
+    )
+    spec = importlib.util.spec_from_file_location("_segformer_configs", path)
+    configs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(configs)
+    variant_config = configs.variant_config
     return {
         k: list(v) if isinstance(v, tuple) else v
         for k, v in variant_config(variant).items()
@@ -323,7 +350,19 @@ def _rss_mb():
 
 
 def _peak_rss_mb():
-    """Peak resident set size of this process (``ru_maxrss``), in MB."""
+    """Peak resident set size of this process, in MB: Linux's ``VmHWM``.
+
+    Not ``ru_maxrss``: on Linux that keeps the high-water mark of the
+    process image replaced by ``exec``, so a worker would report at least
+    the RSS of the parent that started it.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
@@ -365,6 +404,78 @@ def time_calls(fn, *, warmup, repeats, min_repeats, budget_s):
         if len(times) >= min_repeats and time.perf_counter() - start > budget_s:
             break
     return {**summarize(times, warmup), "warmup_s": warmup_s}
+
+
+def _seed(seed, backend):
+    """Seed Python, NumPy and the backend, as ``keras.utils.set_random_seed``
+    does, without its ``import tensorflow`` on the other backends (that
+    import alone adds ~450 MB to a JAX or torch worker's RSS). Keras'
+    global seed generator draws its seed from Python's ``random``."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    if backend == "tensorflow":
+        import keras
+
+        keras.utils.set_random_seed(seed)
+    elif backend == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def _accelerator(backend):
+    """Name of the GPU the backend computes on, or None (CPU)."""
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    elif backend == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if gpus:
+            return gpus[0].device_kind
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            return details.get("device_name", gpus[0].name)
+    return None
+
+
+def _device_peak_mb(backend):
+    """Peak GPU memory the backend's allocator handed out, in MB."""
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    if backend == "jax":
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats() or {}
+        peak = stats.get("peak_bytes_in_use")
+        return None if peak is None else peak / 2**20
+    import tensorflow as tf
+
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+
+
+def _check_device(spec, backend):
+    """The worker's accelerator; raises on ``--device gpu`` without one."""
+    name = _accelerator(backend)
+    if spec.get("device") == "gpu" and name is None:
+        raise RuntimeError(
+            f"--device gpu: {backend} sees no GPU in this worker; refusing "
+            "to measure the CPU instead."
+        )
+    return name
 
 
 def _timing(spec):
@@ -409,7 +520,8 @@ def _thread_settings():
     return info
 
 
-def _hf_config(config, num_classes, **kwargs):
+def hf_segformer_config(config, num_classes, **kwargs):
+    """transformers SegformerConfig of an architecture dict (model_config)."""
     from transformers import SegformerConfig
 
     return SegformerConfig(
@@ -491,7 +603,8 @@ def _keras_job(spec, case, images, labels):
         "import_s": time.perf_counter() - start,
     }
 
-    keras.utils.set_random_seed(spec["seed"])
+    out["accelerator"] = _check_device(spec, backend)
+    _seed(spec["seed"], backend)
     reference = None
     if spec["bf16"]:
         # Same weights as a float32 model: build one, keep its argmax.
@@ -556,6 +669,8 @@ def _keras_job(spec, case, images, labels):
             )
             out["reference_logit_std"] = float(reference.std())
     out["jit_compile"] = str(getattr(model, "jit_compile", None))
+    if out["accelerator"]:
+        out["device_peak_mb"] = _device_peak_mb(backend)
     out["figures"] = figures
     return out
 
@@ -569,11 +684,14 @@ def _transformers_job(spec, case, images, labels):
 
     import_s = time.perf_counter() - start
     _set_threads(spec["threads"])
+    accelerator = _check_device(spec, "torch")
+    device = torch.device("cuda" if accelerator else "cpu")
     torch.manual_seed(spec["seed"])
-    config = _hf_config(spec["config"], spec["num_classes"])
+    config = hf_segformer_config(spec["config"], spec["num_classes"])
     start = time.perf_counter()
-    model = SegformerForSemanticSegmentation(config)
+    model = SegformerForSemanticSegmentation(config).to(device)
     out = {
+        "accelerator": accelerator,
         "import_s": import_s,
         "build_s": time.perf_counter() - start,
         "transformers_version": transformers.__version__,
@@ -584,6 +702,11 @@ def _transformers_job(spec, case, images, labels):
     pixel_values = torch.from_numpy(
         np.ascontiguousarray(images.transpose(0, 3, 1, 2))
     )
+
+    def synchronize():
+        if accelerator:
+            torch.cuda.synchronize()
+
     timing = _timing(spec)
     figures = {}
     if case.train:
@@ -593,9 +716,13 @@ def _transformers_job(spec, case, images, labels):
 
         def step():
             optimizer.zero_grad()
-            loss = model(pixel_values=pixel_values, labels=targets).loss
+            loss = model(
+                pixel_values=pixel_values.to(device),
+                labels=targets.to(device),
+            ).loss
             loss.backward()
             optimizer.step()
+            synchronize()
 
         out["rss_baseline_mb"] = _rss_mb()
         figures["step"] = time_calls(step, warmup=spec["warmup"], **timing)
@@ -603,14 +730,18 @@ def _transformers_job(spec, case, images, labels):
         model.eval()
 
         def forward():
+            # On a GPU: host in, host out, like Keras' predict.
             with torch.inference_mode():
-                return model(pixel_values=pixel_values).logits
+                logits = model(pixel_values=pixel_values.to(device)).logits
+                return logits.cpu()
 
         out["rss_baseline_mb"] = _rss_mb()
         figures["forward"] = time_calls(
             forward, warmup=spec["warmup"], **timing
         )
         out["output_shape"] = list(forward().shape)
+    if accelerator:
+        out["device_peak_mb"] = _device_peak_mb("torch")
     out["figures"] = figures
     return out
 
@@ -639,7 +770,7 @@ def _flops_job(spec):
     counts = {}
     for shape in spec["shapes"]:
         # Eager attention: the counter skips the CPU flash-SDPA kernel.
-        config = _hf_config(
+        config = hf_segformer_config(
             shape["config"], spec["num_classes"], attn_implementation="eager"
         )
         with torch.device("meta"):
@@ -666,8 +797,54 @@ def _matmul_rate(run, size, spec):
     return stats
 
 
+def _gpu_peak_job(spec):
+    """Matmul GFLOP/s on the GPU: torch and JAX, float32 and bfloat16,
+    each library at its default precision (torch float32: no TF32)."""
+    size = spec["matmul_size"]
+    out = {}
+    try:
+        import torch
+
+        out["accelerator"] = torch.cuda.get_device_name(0)
+        for dtype in ("float32", "bfloat16"):
+            generator = torch.Generator("cuda").manual_seed(1)
+            kwargs = dict(generator=generator, device="cuda")
+            a = torch.randn(size, size, **kwargs).to(getattr(torch, dtype))
+            b = torch.randn(size, size, **kwargs).to(getattr(torch, dtype))
+
+            def run(a=a, b=b):
+                torch.mm(a, b)
+                torch.cuda.synchronize()
+
+            out[f"torch_cuda_{dtype}"] = _matmul_rate(run, size, spec)
+    except Exception as e:
+        out["torch_cuda_float32"] = _failure(e)
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        gpu = jax.devices("gpu")[0]  # raises without a GPU backend
+        product = jax.jit(jnp.matmul)
+        for dtype in ("float32", "bfloat16"):
+            a, b = (
+                jax.device_put(
+                    jax.random.normal(jax.random.key(k), (size, size), dtype),
+                    gpu,
+                )
+                for k in (1, 2)
+            )
+            out[f"jax_gpu_{dtype}"] = _matmul_rate(
+                lambda a=a, b=b: product(a, b).block_until_ready(), size, spec
+            )
+    except Exception as e:
+        out["jax_gpu_float32"] = _failure(e)
+    return out
+
+
 def _peak_job(spec):
     """Matmul GFLOP/s: TensorFlow float32 and bfloat16, torch float32."""
+    if spec.get("device") == "gpu":
+        return _gpu_peak_job(spec)
     size = spec["matmul_size"]
     out = {}
     _set_threads(spec["threads"])
@@ -760,7 +937,8 @@ _WORKER_BOOT = (
 class WorkerRunner:
     """Runs jobs in fresh processes, one at a time, and reports progress."""
 
-    def __init__(self, out_dir, *, total, timeout_s, threads):
+    def __init__(self, out_dir, *, total, timeout_s, threads, device="cpu"):
+        self.device = device
         self.log_dir = os.path.join(out_dir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.total = total
@@ -772,8 +950,15 @@ class WorkerRunner:
         env = dict(os.environ)
         env["KERAS_BACKEND"] = backend
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        env["CUDA_VISIBLE_DEVICES"] = ""  # CPU benchmark, every column
-        env["JAX_PLATFORMS"] = "cpu"
+        if self.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""  # CPU benchmark, every column
+            env["JAX_PLATFORMS"] = "cpu"
+        else:
+            if env.get("JAX_PLATFORMS") == "cpu":
+                del env["JAX_PLATFORMS"]
+            # Allocate on demand, so that peak memory means something.
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (root, env.get("PYTHONPATH")) if p
@@ -793,6 +978,7 @@ class WorkerRunner:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
         spec = {
             **spec,
+            "device": self.device,
             "threads": self.threads,
             "result": os.path.abspath(
                 os.path.join(self.log_dir, stem + ".json")
@@ -997,6 +1183,11 @@ class Benchmark:
             else (2 if self.quick else 10)
         )
         self.budget_s = args.budget
+        self.device = getattr(args, "device", None) or "cpu"
+        if self.device not in DEVICES:
+            raise ValueError(
+                f"--device: {self.device!r} is not one of {list(DEVICES)}."
+            )
         self.configs = {c.variant: model_config(c.variant) for c in self.cases}
         self.results = []  # one dict per worker run
         self.choices = {}  # column spec -> how its backend was chosen
@@ -1044,7 +1235,16 @@ class Benchmark:
         )
         self.results.append(result)
         self.runner.progress(f"{name:<22} {case.name:<22} {_describe(result)}")
+        self._save_partial()
         return result
+
+    def _save_partial(self):
+        """Write the JSON and tables of what has run so far, so that a run
+        stopped early (a time limit, Ctrl-C) still leaves its figures."""
+        self.machine["load_average_end"] = _load()
+        self.finished = datetime.datetime.now().astimezone()
+        self._derive()
+        self.write(final=False)
 
     def _fastest_ours(self, case):
         timed = []
@@ -1108,6 +1308,7 @@ class Benchmark:
             total=self._count_workers(),
             timeout_s=args.timeout,
             threads=args.threads,
+            device=self.device,
         )
         print(
             f"benchmark: {len(self.cases)} cases x {len(self.columns)} "
@@ -1128,7 +1329,13 @@ class Benchmark:
             {
                 "job": "reference",
                 "matmul_size": args.matmul_size
-                or (256 if self.quick else 2048),
+                or (
+                    256
+                    if self.quick
+                    else 2048
+                    if self.device == "cpu"
+                    else 8192
+                ),
                 "repeats": 5 if self.quick else 10,
                 "budget_s": 2.0 if self.quick else 10.0,
                 "shapes": list(shapes.values()),
@@ -1140,6 +1347,8 @@ class Benchmark:
         # A worker that died leaves one error for both.
         self.peak = reference.get("peak", reference)
         self.flops = reference.get("flops", reference)
+        if self.peak.get("accelerator"):
+            self.machine["accelerator"] = self.peak["accelerator"]
         self.runner.progress(f"{'matmul peak':<45} {_describe_peak(self.peak)}")
         self.runner.progress(
             f"{'FLOP count':<45} {_describe_flops(self.flops)}"
@@ -1175,7 +1384,9 @@ class Benchmark:
         return 3 * gflop if case.train else gflop
 
     def _peak_reference(self):
-        for key in ("tensorflow_float32", "torch_float32"):
+        for key in PEAK_KEYS[self.device]:
+            if "bfloat16" in key:
+                continue
             entry = self.peak.get(key) or {}
             if "gflops" in entry:
                 return key, entry["gflops"]
@@ -1218,7 +1429,7 @@ class Benchmark:
 
     # -- output
 
-    def write(self):
+    def write(self, final=True):
         args = self.args
         text = render_text(self)
         markdown = render_markdown(self)
@@ -1232,8 +1443,9 @@ class Benchmark:
             f.write(text)
         with open(paths["md"], "w") as f:
             f.write(markdown)
-        chart = draw_chart(paths["png"], *_chart_data(self))
+        chart = draw_chart(paths["png"], *_chart_data(self)) if final else None
         report = {
+            "complete": final,
             "command": getattr(args, "command_line", None)
             or [sys.executable, *sys.argv],
             "date": self.started.isoformat(timespec="seconds"),
@@ -1252,6 +1464,7 @@ class Benchmark:
                 "seed": SEED,
                 "num_classes": NUM_CLASSES,
                 "timeout_s": args.timeout,
+                "device": self.device,
             },
             "configs": self.configs,
             "cases": [
@@ -1271,6 +1484,8 @@ class Benchmark:
         }
         with open(paths["json"], "w") as f:
             json.dump(report, f, indent=1)
+        if not final:
+            return report
         print()
         print(text, flush=True)
         print(f"wrote {', '.join(paths.values())}")
@@ -1287,7 +1502,8 @@ FLOP_CONVENTION = (
 
 def _describe_peak(peak):
     parts = []
-    for key in ("tensorflow_float32", "tensorflow_bfloat16", "torch_float32"):
+    keys = [k for keys in PEAK_KEYS.values() for k in keys if k in peak]
+    for key in keys or PEAK_KEYS["cpu"]:
         entry = peak.get(key) or {}
         value = (
             f"{entry['gflops']:.0f} GFLOP/s"
@@ -1331,7 +1547,7 @@ def _cell_lines(bench, column, case):
     r = bench.cell(column, case)
     status = _status_text(r)
     if status is not None:
-        return [status] + [""] * (len(METRIC_ROWS) - 1)
+        return [status] + [""] * (len(_metric_rows(bench)) - 1)
     _, stats = primary_figure(r)
     median = (
         f"{stats['median_ms']:.1f} [{stats['q1_ms']:.1f}-{stats['q3_ms']:.1f}]"
@@ -1351,7 +1567,11 @@ def _cell_lines(bench, column, case):
     startup = f"{r['build_s']:.1f} / {stats['warmup_s']:.1f}"
     second = (r.get("figures") or {}).get("predict_on_batch")
     second = f"{second['median_ms']:.1f}" if second else "-"
-    return [median, ratio, rate, memory, startup, second]
+    lines = [median, ratio, rate, memory, startup, second]
+    if bench.device == "gpu":
+        device_mb = r.get("device_peak_mb")
+        lines.append("-" if device_mb is None else f"{device_mb:.0f}")
+    return lines
 
 
 METRIC_ROWS = (
@@ -1362,6 +1582,10 @@ METRIC_ROWS = (
     "build / warm-up s",
     "predict_on_batch ms",
 )
+
+
+def _metric_rows(bench):
+    return METRIC_ROWS + (("GPU peak MB",) if bench.device == "gpu" else ())
 
 
 def _format_grid(rows):
@@ -1398,7 +1622,7 @@ def _notes(bench, markdown=False):
     )
     notes.append(f"GFLOP: {FLOP_CONVENTION}.")
     peak_parts = []
-    for key in ("tensorflow_float32", "tensorflow_bfloat16", "torch_float32"):
+    for key in PEAK_KEYS[bench.device]:
         entry = bench.peak.get(key) or {}
         if "gflops" in entry:
             peak_parts.append(
@@ -1414,11 +1638,20 @@ def _notes(bench, markdown=False):
     )
     notes.append(f"{reference}. Matmul: {'; '.join(peak_parts)}.")
     notes.append(
-        "peak RSS = the worker's ru_maxrss; +run = peak minus the RSS after "
-        "imports and model build, before the first call. build / warm-up = "
-        "seconds to build the model (random init) / for the untimed first "
-        "calls (tracing, compilation)."
+        "peak RSS = the worker's high-water resident size (VmHWM); +run = "
+        "peak minus the RSS after imports and model build, before the "
+        "first call. build / warm-up = seconds to build the model "
+        "(random init) / for the untimed first calls (tracing, compilation)."
     )
+    if bench.device == "gpu":
+        notes.append(
+            "GPU: every column on the first GPU, host numpy in and host "
+            "logits out per call (transformers' call includes .to('cuda') "
+            "and .cpu()), each library at its default float32 precision "
+            "(torch: TF32 convolutions, full float32 matmuls; JAX/XLA: its "
+            "default, TF32 on this GPU). GPU peak MB = the allocator's peak "
+            "(torch.cuda.max_memory_allocated, JAX peak_bytes_in_use)."
+        )
     for spec, choice in bench.choices.items():
         detail = ""
         if "median_ms" in choice:
@@ -1434,8 +1667,9 @@ def _notes(bench, markdown=False):
         )
     m = bench.machine
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    gpu = f"GPU {m['accelerator']}, " if m.get("accelerator") else ""
     notes.append(
-        f"machine: {m.get('cpu_model')}, {m.get('usable_cores')} cores "
+        f"machine: {gpu}{m.get('cpu_model')}, {m.get('usable_cores')} cores "
         f"(flags {' '.join(m.get('cpu_flags', [])) or '?'}), "
         f"{m.get('memory_gb')} GB; load average {m.get('load_average_start')} "
         f"-> {m.get('load_average_end')}; {versions}; "
@@ -1517,7 +1751,7 @@ def render_text(bench):
         label = case.name + (f" ({_number(gflop)} GFLOP)" if gflop else "")
         rows.append([label] + [""] * len(bench.columns))
         cells = [_cell_lines(bench, col, case) for col in bench.columns]
-        for i, metric in enumerate(METRIC_ROWS):
+        for i, metric in enumerate(_metric_rows(bench)):
             if case.train and metric.startswith("predict_on_batch"):
                 continue
             rows.append([f"  {metric}"] + [cell[i] for cell in cells])
@@ -1553,7 +1787,10 @@ def render_markdown(bench):
                 extra.append(f"x{r['time_vs_transformers']:.2f}")
             if "share_of_peak" in r:
                 extra.append(f"{100 * r['share_of_peak']:.1f}% peak")
-            extra.append(f"{r['rss_peak_mb']:.0f} MB")
+            if r.get("device_peak_mb") is not None:
+                extra.append(f"GPU {r['device_peak_mb']:.0f} MB")
+            else:
+                extra.append(f"{r['rss_peak_mb']:.0f} MB")
             cells.append(f"**{median:.1f} ms**<br>{' · '.join(extra)}")
         lines.append("| " + " | ".join(cells) + " |")
     bf16 = _bf16_rows(bench)
@@ -1842,9 +2079,17 @@ def add_arguments(parser):
         "each library's own default (all cores); JAX is not limited",
     )
     parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where every column runs: cpu (default; GPUs hidden) or gpu "
+        "(the first GPU; a library that sees none fails its cells)",
+    )
+    parser.add_argument(
         "--matmul-size",
         type=int,
-        help="side of the matmul peak measurement (default 2048; quick 256)",
+        help="side of the matmul peak measurement (default 2048, GPU "
+        "8192; quick 256)",
     )
     parser.add_argument(
         "--timeout",

@@ -5,6 +5,8 @@ writes, and its parsing and chart helpers. No timing is asserted."""
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import BACKEND
@@ -236,3 +238,86 @@ def test_cli_registers_benchmark():
     )
     assert args.command == "benchmark" and args.quick
     assert args.impls == "transformers" and args.out == "x"
+
+
+def test_peak_rss_is_the_worker_not_its_parent(tmp_path):
+    """ru_maxrss survives exec on Linux: a worker started by a big parent
+    would report the parent's size. The harness reads VmHWM instead."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("VmHWM is Linux-only")
+    ballast = bytearray(400 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page
+    code = (
+        "import runpy, sys; h = runpy.run_path(sys.argv[1]); "
+        "print(h['_peak_rss_mb']())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, benchmark.__file__],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    del ballast
+    assert float(out.stdout) < 200, out.stdout
+
+
+def test_gpu_device_measures_a_gpu_or_refuses(tmp_path):
+    """--device gpu never times the CPU in a GPU column: without a GPU the
+    cell is an error that says so."""
+    import torch
+
+    code = benchmark.main(
+        [
+            "--quick",
+            "--device",
+            "gpu",
+            "--impls",
+            "transformers",
+            "--cases",
+            "tiny-64x64-b1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    with open(tmp_path / "benchmark.json") as f:
+        report = json.load(f)
+    assert report["complete"] and report["options"]["device"] == "gpu"
+    (result,) = report["results"]
+    if torch.cuda.is_available():
+        assert result["status"] == "ok" and result["accelerator"]
+        assert result["device_peak_mb"] > 0
+    else:
+        assert result["status"] == "error"
+        assert "sees no GPU" in result["error"]
+        assert "sees no GPU" in (tmp_path / "benchmark.txt").read_text()
+
+
+def test_parity_check_tool():
+    """tools/parity_check.py: transformers (CPU, float32) vs this project on
+    the current backend, same random weights and image; exit 0 when the
+    largest logit difference is within --tol, and it prints that figure."""
+    tool = os.path.join(os.path.dirname(__file__), "..", "tools")
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(tool, "parity_check.py"),
+            "--variant",
+            "tiny",
+            "--size",
+            "45x61",
+            "--batch",
+            "1",
+            "--classes",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": BACKEND},
+    )
+    line = [s for s in out.stdout.splitlines() if s.startswith("parity")]
+    assert out.returncode == 0 and line, out.stdout + out.stderr[-2000:]
+    assert f"parity {BACKEND} on " in line[0]
+    assert "logits (1, 12, 16, 5)" in line[0]
+    diff = float(line[0].split("max |diff| ")[1].split()[0])
+    assert diff <= 1e-4

@@ -7,15 +7,19 @@ Same as ``keras-segformer benchmark``; ``--help`` lists the options and
     python tools/benchmark.py                  # every case and column
     python tools/benchmark.py --cases b0-512x512-b1 \\
         --impls ours-tensorflow,transformers
+    python tools/benchmark.py --device gpu     # every column on the GPU
+
+The harness is run by path, without importing the package (whose import
+loads Keras and its backend): the parent process stays small and starts
+no framework; each worker imports what its column needs.
 """
 
 import os
-import sys
-
-# Run from a checkout without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from keras_segformer.benchmark import main  # noqa: E402
+import runpy
 
 if __name__ == "__main__":
-    sys.exit(main())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runpy.run_path(
+        os.path.join(root, "keras_segformer", "benchmark.py"),
+        run_name="__main__",
+    )
