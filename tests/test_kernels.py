@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 from keras import ops
 
 from keras_segformer import kernels
@@ -61,3 +62,27 @@ def test_argmax_matches_keras():
     np.testing.assert_array_equal(fast, np.argmax(x, axis=-1))
     dtype = ops.convert_to_tensor(kernels.argmax(x)).dtype
     assert keras.backend.standardize_dtype(dtype) == "int32"
+
+
+def test_chunked_attention_equals_one_call(monkeypatch):
+    """Attention with queries in chunks (JAX, large score matrices) gives
+    the single call's numbers; TensorFlow's batched-matmul attention too."""
+    from keras_segformer.layers import attention
+
+    rng = np.random.default_rng(0)
+    # 97 queries: chunks of 25 + padding; 3 heads, 13 keys.
+    q, k, v = (
+        rng.standard_normal((2, n, 3, 8)).astype("float32")
+        for n in (97, 13, 13)
+    )
+    expected = ops.convert_to_numpy(ops.dot_product_attention(q, k, v))
+    if keras.backend.backend() == "jax":
+        monkeypatch.setattr(attention, "JAX_SCORE_CHUNK", 2 * 3 * 13 * 25)
+        got = attention._attention_jax(q, k, v)
+    elif keras.backend.backend() == "tensorflow":
+        got = attention._attention_tf(q, k, v, heads=3)
+    else:
+        pytest.skip("PyTorch uses keras.ops.dot_product_attention as is")
+    got = ops.convert_to_numpy(got)
+    assert got.shape == expected.shape == (2, 97, 3, 8)
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
