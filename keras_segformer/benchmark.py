@@ -1235,16 +1235,17 @@ class Benchmark:
         )
         self.results.append(result)
         self.runner.progress(f"{name:<22} {case.name:<22} {_describe(result)}")
-        self._save_partial()
+        # What has run so far, so that a run stopped early (a time limit,
+        # Ctrl-C) still leaves its figures.
+        self._report(final=False)
         return result
 
-    def _save_partial(self):
-        """Write the JSON and tables of what has run so far, so that a run
-        stopped early (a time limit, Ctrl-C) still leaves its figures."""
+    def _report(self, final):
+        """Close the figures at this point and write the outputs."""
         self.machine["load_average_end"] = _load()
         self.finished = datetime.datetime.now().astimezone()
         self._derive()
-        self.write(final=False)
+        return self.write(final=final)
 
     def _fastest_ours(self, case):
         timed = []
@@ -1368,10 +1369,7 @@ class Benchmark:
                 if column.backend is None:
                     self._choose_bf16(column, case)
                 self._run_model(column, column.backend, case)
-        self.machine["load_average_end"] = _load()
-        self.finished = datetime.datetime.now().astimezone()
-        self._derive()
-        return self.write()
+        return self._report(final=True)
 
     # -- figures
 
