@@ -6,6 +6,7 @@ import pytest
 from keras import ops
 
 from keras_segformer import kernels
+from keras_segformer.layers.resize import resize_bilinear
 
 
 def _generic_ce(logits, labels):
@@ -86,3 +87,66 @@ def test_chunked_attention_equals_one_call(monkeypatch):
     got = ops.convert_to_numpy(got)
     assert got.shape == expected.shape == (2, 97, 3, 8)
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "low, high",
+    [((7, 9), (29, 35)), ((8, 8), (32, 32)), ((5, 6), (5, 23))],
+    ids=["non-square-odd", "square-x4", "width-only"],
+)
+def test_banded_upsampling_equals_the_full_map(monkeypatch, low, high):
+    """The loss and metric kernels that widen the logits in bands of rows
+    give the numbers of one full-resolution map: values, gradients and
+    classes, with a last band shorter than the others."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, *low, 11)).astype("float32") * 3
+    labels = rng.integers(0, 11, size=(2, *high)).astype("int32")
+
+    def whole(x, y):
+        return kernels.softmax_cross_entropy(resize_bilinear(x, high), y)
+
+    ref_value, ref_grad = _value_and_grad(whole, logits, labels)
+    ref_classes = np.argmax(
+        ops.convert_to_numpy(resize_bilinear(logits, high)), axis=-1
+    )
+    # Bands of 4 rows (2 x 4 x W x 11 elements): 8 or 9 bands, the last
+    # one shorter.
+    monkeypatch.setattr(kernels, "BAND_ELEMENTS", 2 * 4 * high[1] * 11)
+    value, grad = _value_and_grad(
+        kernels.upsampled_cross_entropy, logits, labels
+    )
+    per_pixel = kernels.upsampled_cross_entropy(logits, labels)
+    assert tuple(per_pixel.shape) == (2, *high)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-5)
+    classes = ops.convert_to_numpy(kernels.upsampled_argmax(logits, high))
+    assert classes.shape == (2, *high)
+    assert keras.backend.standardize_dtype(classes.dtype) == "int32"
+    # Different float rounding may flip a near tie; no more than that.
+    assert (classes == ref_classes).mean() > 0.999
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="XLA memory analysis (JAX)"
+)
+def test_banded_loss_gradient_holds_no_full_resolution_map(monkeypatch):
+    """Compiled loss + gradient at 4x upsampling: XLA's scratch memory stays
+    below ONE full-resolution logit map, and a third of what the same loss
+    needs without bands (several maps)."""
+    import jax
+
+    from keras_segformer.training import SegFormerLoss
+
+    logits = np.zeros((2, 64, 64, 150), "float32")
+    labels = np.zeros((2, 256, 256), "int32")
+    full_map = 2 * 256 * 256 * 150 * 4  # bytes
+
+    def scratch():
+        fn = jax.jit(jax.grad(lambda x: SegFormerLoss()(labels, x)))
+        return fn.lower(logits).compile().memory_analysis().temp_size_in_bytes
+
+    banded = scratch()
+    monkeypatch.setattr(kernels, "BAND_ELEMENTS", 2**40)  # one band
+    whole = scratch()
+    assert banded < full_map < whole, (banded, full_map, whole)
+    assert 3 * banded < whole, (banded, whole)

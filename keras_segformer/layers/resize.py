@@ -5,18 +5,26 @@ import numpy as np
 from keras import ops
 
 
-def _axis_lerp(x, size, axis):
-    """Linear interpolation along one axis with static sizes: two gathers
-    and a blend, exactly torch's ``align_corners=False`` formula."""
-    n_in = x.shape[axis]
-    if n_in == size:
-        return x
+def source_indices(n_in, size):
+    """For each of ``size`` outputs along an axis of ``n_in`` inputs: the
+    two source indices and the weight of the second, by torch's
+    ``align_corners=False`` formula (numpy arrays: int32, int32, float32)."""
     scale = np.float32(n_in / size)
     src = (np.arange(size, dtype=np.float32) + 0.5) * scale - 0.5
     src = np.maximum(src, 0.0)
     i0 = np.floor(src).astype("int32")
     i1 = np.minimum(i0 + 1, n_in - 1)
     frac = (src - i0).astype("float32")
+    return i0, i1, frac
+
+
+def _axis_lerp(x, size, axis):
+    """Linear interpolation along one axis with static sizes: two gathers
+    and a blend, exactly torch's ``align_corners=False`` formula."""
+    n_in = x.shape[axis]
+    if n_in == size:
+        return x
+    i0, i1, frac = source_indices(n_in, size)
     shape = [1] * len(x.shape)
     shape[axis] = size
     frac = ops.cast(np.reshape(frac, shape), x.dtype)

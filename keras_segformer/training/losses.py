@@ -33,14 +33,6 @@ def _concrete_bool(x):
         return None
 
 
-def _spatial_size(labels):
-    static = tuple(labels.shape[1:3])
-    if all(isinstance(n, int) for n in static):
-        return static
-    dynamic = ops.shape(labels)
-    return (dynamic[1], dynamic[2])
-
-
 def _as_labels(y_true):
     labels = ops.convert_to_tensor(y_true)
     try:
@@ -201,8 +193,9 @@ class SegFormerLoss(keras.losses.Loss):
             )
         num_classes = logits.shape[-1]
         labels = _as_labels(y_true)
-        size = _spatial_size(labels)
-        if tuple(logits.shape[1:3]) != size:
+        size = kernels.spatial_size(labels)
+        upsample = tuple(logits.shape[1:3]) != size
+        if upsample and num_classes == 1:
             logits = resize_bilinear(logits, size)
 
         ignored = ops.equal(labels, self.ignore_index)
@@ -236,8 +229,12 @@ class SegFormerLoss(keras.losses.Loss):
             losses = ops.relu(x) - x * y + ops.log1p(ops.exp(-ops.absolute(x)))
         else:
             # logsumexp(logits) - logits[label], through each backend's
-            # fused kernel (the gather's gradient is a slow scatter-add).
-            losses = kernels.softmax_cross_entropy(logits, safe)
+            # fused kernel (the gather's gradient is a slow scatter-add);
+            # upsampled in bands, never a full-resolution logit map.
+            if upsample:
+                losses = kernels.upsampled_cross_entropy(logits, safe)
+            else:
+                losses = kernels.softmax_cross_entropy(logits, safe)
 
         weights = ops.cast(valid, losses.dtype)
         if self.class_weights is not None:

@@ -22,7 +22,6 @@ from keras_segformer.layers.resize import resize_bilinear
 from keras_segformer.training.losses import (
     _as_labels,
     _broadcast_sample_weight,
-    _spatial_size,
 )
 
 
@@ -118,7 +117,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         """
         k = self.num_classes
         labels = _as_labels(y_true)
-        predictions = self._predictions(y_pred, _spatial_size(labels))
+        predictions = self._predictions(y_pred, kernels.spatial_size(labels))
         valid = ops.logical_and(
             ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, k)),
             ops.logical_and(
@@ -162,10 +161,14 @@ class ConfusionMatrix(keras.metrics.Metric):
                 f"num_classes={self.num_classes} (a single channel needs "
                 "num_classes=2)."
             )
-        if tuple(logits.shape[1:3]) != size:
-            logits = resize_bilinear(logits, size)
+        upsample = tuple(logits.shape[1:3]) != size
         if channels == 1:
+            if upsample:
+                logits = resize_bilinear(logits, size)
             return ops.cast(ops.greater(logits[..., 0], 0.0), "int32")
+        if upsample:
+            # In bands of rows: no full-resolution logit map.
+            return kernels.upsampled_argmax(logits, size)
         return kernels.argmax(logits, axis=-1)
 
     def result(self):
