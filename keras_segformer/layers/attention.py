@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_segformer.layers import fast
+from keras_segformer.layers.init import kernel_init
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -50,7 +51,10 @@ class EfficientSelfAttention(keras.layers.Layer):
 
         def dense(name):
             return keras.layers.Dense(
-                hidden_size, dtype=self.dtype_policy, name=name
+                hidden_size,
+                kernel_initializer=kernel_init(),
+                dtype=self.dtype_policy,
+                name=name,
             )
 
         self.query = dense("query")
@@ -63,6 +67,7 @@ class EfficientSelfAttention(keras.layers.Layer):
                 sr_ratio,
                 strides=sr_ratio,
                 padding="valid",
+                kernel_initializer=kernel_init(),
                 dtype=self.dtype_policy,
                 name="sr",
             )

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_segformer.layers import fast
+from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.resize import resize_bilinear
 
 
@@ -40,7 +41,10 @@ class SegFormerHead(keras.layers.Layer):
         policy = self.dtype_policy
         self.linear_c = [
             keras.layers.Dense(
-                decoder_hidden_size, dtype=policy, name=f"linear_c{i + 1}"
+                decoder_hidden_size,
+                kernel_initializer=kernel_init(),
+                dtype=policy,
+                name=f"linear_c{i + 1}",
             )
             for i in range(num_inputs)
         ]
@@ -48,6 +52,7 @@ class SegFormerHead(keras.layers.Layer):
         self.linear_fuse = keras.layers.Dense(
             decoder_hidden_size,
             use_bias=False,
+            kernel_initializer=kernel_init(),
             dtype=policy,
             name="linear_fuse",
         )
@@ -58,7 +63,10 @@ class SegFormerHead(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(dropout, dtype=policy)
         # float32 logits under mixed precision.
         self.classifier = keras.layers.Dense(
-            num_classes, dtype="float32", name="classifier"
+            num_classes,
+            kernel_initializer=kernel_init(),
+            dtype="float32",
+            name="classifier",
         )
 
     def build(self, input_shape):

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_segformer.layers import fast
+from keras_segformer.layers.init import kernel_init
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -25,13 +26,23 @@ class MixFFN(keras.layers.Layer):
         self.intermediate_size = intermediate_size
         self.dropout_rate = dropout
         self.dense1 = keras.layers.Dense(
-            intermediate_size, dtype=self.dtype_policy, name="dense1"
+            intermediate_size,
+            kernel_initializer=kernel_init(),
+            dtype=self.dtype_policy,
+            name="dense1",
         )
         self.dwconv = keras.layers.DepthwiseConv2D(
-            3, padding="same", dtype=self.dtype_policy, name="dwconv"
+            3,
+            padding="same",
+            depthwise_initializer=kernel_init(),
+            dtype=self.dtype_policy,
+            name="dwconv",
         )
         self.dense2 = keras.layers.Dense(
-            hidden_size, dtype=self.dtype_policy, name="dense2"
+            hidden_size,
+            kernel_initializer=kernel_init(),
+            dtype=self.dtype_policy,
+            name="dense2",
         )
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.resize import resize_bilinear
 
 
@@ -57,6 +58,7 @@ class MMSegSegFormerHead(keras.layers.Layer):
             keras.layers.Dense(
                 decoder_hidden_size,
                 use_bias=False,
+                kernel_initializer=kernel_init(),
                 dtype=policy,
                 name=f"conv{i + 1}",
             )
@@ -68,6 +70,7 @@ class MMSegSegFormerHead(keras.layers.Layer):
         self.fusion_conv = keras.layers.Dense(
             decoder_hidden_size,
             use_bias=False,
+            kernel_initializer=kernel_init(),
             dtype=policy,
             name="fusion_conv",
         )
@@ -76,7 +79,10 @@ class MMSegSegFormerHead(keras.layers.Layer):
         self.dropout = keras.layers.SpatialDropout2D(dropout, dtype=policy)
         # float32 logits under mixed precision.
         self.classifier = keras.layers.Dense(
-            num_classes, dtype="float32", name="classifier"
+            num_classes,
+            kernel_initializer=kernel_init(),
+            dtype="float32",
+            name="classifier",
         )
 
     def build(self, input_shape):

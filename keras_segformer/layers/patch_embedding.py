@@ -3,6 +3,7 @@
 import keras
 
 from keras_segformer.layers import fast
+from keras_segformer.layers.init import kernel_init
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -34,6 +35,7 @@ class OverlappingPatchEmbedding(keras.layers.Layer):
             patch_size,
             strides=stride,
             padding="valid",
+            kernel_initializer=kernel_init(),
             dtype=self.dtype_policy,
             name="proj",
         )

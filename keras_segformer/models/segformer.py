@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_segformer.layers import MMSegSegFormerHead, SegFormerHead
+from keras_segformer.layers.init import kernel_init
 from keras_segformer.models.mit import MiTBackbone
 
 # Decode head layer per ``SegFormer(head=...)``.
@@ -229,7 +230,10 @@ class MiTClassifier(_TaskModel):
             dtype=backbone.layer_dtype, name="pool"
         )(last)
         logits = keras.layers.Dense(
-            num_classes, dtype="float32", name="classifier"
+            num_classes,
+            kernel_initializer=kernel_init(),
+            dtype="float32",
+            name="classifier",
         )(pooled)
         super().__init__(inputs=inputs, outputs=logits, name=name, **kwargs)
         self.backbone = backbone
