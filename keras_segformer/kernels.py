@@ -31,7 +31,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_segformer.layers.resize import resize_bilinear, source_indices
+from keras_segformer.layers.resize import (
+    lerp_take,
+    resize_bilinear,
+    source_indices,
+)
 
 # Largest full-resolution band, in elements (16 MB of float32).
 BAND_ELEMENTS = 2**22
@@ -168,9 +172,7 @@ def _bands_jax(logits, height, width, band, score, labels, recompute):
         )
 
     def one_band(x):
-        top = jnp.take(logits, x["i0"], axis=1)
-        bottom = jnp.take(logits, x["i1"], axis=1)
-        rows = top + (bottom - top) * x["frac"][None, :, None, None]
+        rows = lerp_take(logits, x["i0"], x["i1"], x["frac"], axis=1)
         return score(resize_bilinear(rows, (band, width)), x.get("labels"))
 
     out = jax.lax.map(jax.checkpoint(one_band) if recompute else one_band, xs)

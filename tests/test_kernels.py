@@ -150,3 +150,37 @@ def test_banded_loss_gradient_holds_no_full_resolution_map(monkeypatch):
     whole = scratch()
     assert banded < full_map < whole, (banded, full_map, whole)
     assert 3 * banded < whole, (banded, whole)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX resize")
+@pytest.mark.parametrize("axis, size", [(1, 23), (2, 4), (1, 5)])
+def test_lerp_take_gradient_is_the_gathers_gradient(axis, size):
+    """The JAX resize's matmul backward equals autodiff through the two
+    gathers (a scatter-add), for up- and downsampling, under jit."""
+    import jax
+    import jax.numpy as jnp
+
+    from keras_segformer.layers.resize import lerp_take, source_indices
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 7, 9, 3)).astype("float32")
+    weights = rng.normal(size=(2, 7, 9, 3)).astype("float32")
+    i0, i1, frac = source_indices(x.shape[axis], size)
+    out_shape = list(x.shape)
+    out_shape[axis] = size
+    cotangent = rng.normal(size=out_shape).astype("float32")
+
+    def plain(t):
+        w = np.reshape(frac, [-1 if d == axis else 1 for d in range(4)])
+        a, b = jnp.take(t, i0, axis=axis), jnp.take(t, i1, axis=axis)
+        return a + (b - a) * w
+
+    def custom(t):
+        return lerp_take(t, i0, i1, frac, axis)
+
+    np.testing.assert_allclose(custom(x * weights), plain(x * weights))
+    grads = [
+        jax.jit(jax.grad(lambda t, f=fn: (f(t) * cotangent).sum()))(x)
+        for fn in (plain, custom)
+    ]
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-6, atol=1e-6)
