@@ -95,12 +95,12 @@ def spatial_size(x):
 
 
 def _static_size(size):
-    """``(H, W)`` as Python ints, or ``None`` when either is symbolic."""
-    try:
-        height, width = (int(n) for n in size)
-    except TypeError:  # a symbolic (TensorFlow) dimension
+    """``(H, W)`` as Python ints, or ``None`` when either is symbolic
+    (``None`` or a tensor; no ``int()``, which AutoGraph turns into a
+    cast)."""
+    if not all(isinstance(n, (int, np.integer)) for n in size):
         return None
-    return height, width
+    return tuple(int(n) for n in size)
 
 
 def _band_rows(x, width):
@@ -124,7 +124,7 @@ def _bands(logits, size, score, labels=None, recompute=False):
         return score(resize_bilinear(logits, size), labels)
 
     static = _static_size(size)
-    if static is None:
+    if static is None or _static_size(logits.shape[1:3]) is None:
         return whole()
     height, width = static
     band = _band_rows(logits, width)

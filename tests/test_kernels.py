@@ -184,3 +184,34 @@ def test_lerp_take_gradient_is_the_gathers_gradient(axis, size):
         for fn in (plain, custom)
     ]
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="symbolic TF shapes"
+)
+def test_banded_kernels_accept_symbolic_sizes(monkeypatch):
+    """In a TensorFlow graph whose logits (or labels) have unknown spatial
+    sizes, the kernels fall back to one map and give the same numbers."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(2, 7, 9, 5)).astype("float32")
+    labels = rng.integers(0, 5, size=(2, 29, 35)).astype("int32")
+    monkeypatch.setattr(kernels, "BAND_ELEMENTS", 2 * 4 * 35 * 5)
+    expected = ops.convert_to_numpy(
+        kernels.upsampled_cross_entropy(logits, labels)
+    )
+    for logit_spec, label_spec in [
+        ((2, None, None, 5), (2, 29, 35)),
+        ((2, 7, 9, 5), (2, None, None)),
+    ]:
+        fn = tf.function(
+            kernels.upsampled_cross_entropy,
+            input_signature=[
+                tf.TensorSpec(logit_spec, "float32"),
+                tf.TensorSpec(label_spec, "int32"),
+            ],
+        )
+        np.testing.assert_allclose(
+            fn(logits, labels).numpy(), expected, rtol=1e-5, atol=1e-5
+        )
