@@ -140,11 +140,8 @@ def _bands(logits, size, score, labels=None, recompute=False):
     out = []
     for start, piece in zip(starts, pieces):
         part = None if labels is None else labels[:, start : start + band]
-
-        def widen_and_score(x, part=part):
-            return score(resize_bilinear(x, (x.shape[1], width)), part)
-
-        out.append(widen_and_score(piece))
+        wide = resize_bilinear(piece, (piece.shape[1], width))
+        out.append(score(wide, part))
     return ops.concatenate(out, axis=1)
 
 
