@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from keras_segformer.layers.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from keras_segformer.layers.resize import source_indices
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -388,12 +389,7 @@ def _resize_axis(x, out_size, axis):
         return x
     # PyTorch's CPU kernel: float32 scale, half-pixel source coordinates
     # clamped at 0, the upper neighbour clamped at the border.
-    scale = np.float32(in_size / out_size)
-    src = (np.arange(out_size, dtype=np.float32) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0)
-    low = np.minimum(src.astype(np.int64), in_size - 1)
-    high = np.minimum(low + 1, in_size - 1)
-    w_high = (src - low).astype(np.float32)
+    low, high, w_high = source_indices(in_size, out_size)
     shape = [1] * x.ndim
     shape[axis] = out_size
     w_high = w_high.reshape(shape)
