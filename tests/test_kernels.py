@@ -215,3 +215,158 @@ def test_banded_kernels_accept_symbolic_sizes(monkeypatch):
         np.testing.assert_allclose(
             fn(logits, labels).numpy(), expected, rtol=1e-5, atol=1e-5
         )
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX attention")
+def test_training_attention_gradient_equals_plain_softmax(monkeypatch):
+    """The training attention (recomputed chunks, exp(s - logsumexp))
+    gives the plain softmax attention's output and gradients."""
+    import jax
+    import jax.numpy as jnp
+
+    from keras_segformer.layers import attention
+
+    monkeypatch.setattr(attention, "JAX_SCORE_CHUNK", 2 * 3 * 13 * 25)
+    rng = np.random.default_rng(4)
+    q, k, v = (
+        rng.standard_normal((2, n, 3, 8)).astype("float32")
+        for n in (97, 13, 13)
+    )
+    cotangent = rng.standard_normal((2, 97, 3, 8)).astype("float32")
+
+    def loss(fn):
+        return jax.jit(
+            jax.value_and_grad(
+                lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent), (0, 1, 2)
+            )
+        )(q, k, v)
+
+    value, grads = loss(
+        lambda q, k, v: attention._attention_jax(q, k, v, training=True)
+    )
+    ref_value, ref_grads = loss(
+        lambda q, k, v: jax.nn.dot_product_attention(q, k, v)
+    )
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for got, expected in zip(grads, ref_grads):
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+
+
+def _shifted_depthwise(x, kernel):
+    """Autodiff reference: the depthwise convolution as shifted slices."""
+    import jax.numpy as jnp
+
+    from keras_segformer.layers import fast
+
+    kh, kw = kernel.shape[:2]
+    pads = ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))
+    return fast._shifted_sum(jnp.pad(x, pads), kernel, x.shape[1], x.shape[2])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX depthwise")
+@pytest.mark.parametrize(
+    "kernel_size, shape", [(3, (2, 13, 9, 5)), (5, (1, 6, 11, 4))]
+)
+def test_depthwise_gradient_equals_autodiff(kernel_size, shape):
+    """The depthwise convolution's written-out backward pass (slices of the
+    padded output gradient) equals autodiff through the shifted slices,
+    for the input and the kernel, at non-square sizes."""
+    import jax
+    import jax.numpy as jnp
+
+    from keras_segformer.layers import fast
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=shape).astype("float32")
+    kernel = rng.normal(size=(kernel_size, kernel_size, shape[-1]))
+    kernel = kernel.astype("float32")
+    cotangent = rng.normal(size=shape).astype("float32")
+
+    def grads(fn):
+        return jax.jit(
+            jax.grad(lambda x, k: jnp.sum(fn(x, k) * cotangent), (0, 1))
+        )(x, kernel)
+
+    np.testing.assert_array_equal(
+        fast._depthwise_jax(x, kernel), _shifted_depthwise(x, kernel)
+    )
+    for got, expected in zip(
+        grads(fast._depthwise_jax), grads(_shifted_depthwise)
+    ):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX GELU")
+def test_gelu_gradient_equals_autodiff():
+    import jax
+    import jax.numpy as jnp
+
+    from keras_segformer.layers import fast
+
+    x = np.linspace(-8, 8, 2001).astype("float32")
+    np.testing.assert_array_equal(
+        fast.gelu(x), jax.nn.gelu(x, approximate=False)
+    )
+    got = jax.grad(lambda t: jnp.sum(fast.gelu(t)))(x)
+    expected = jax.grad(lambda t: jnp.sum(jax.nn.gelu(t, approximate=False)))(x)
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+
+
+def test_mix_ffn_fast_path_equals_keras_layers():
+    """Mix-FFN through the per-backend fast paths computes what its Keras
+    layers compute (Dense, DepthwiseConv2D, exact GELU, Dense)."""
+    from keras_segformer.layers.mix_ffn import MixFFN
+
+    keras.utils.set_random_seed(6)
+    layer = MixFFN(8, 24)
+    x = np.random.default_rng(6).normal(size=(2, 7, 11, 8))
+    x = x.astype("float32")
+    got = ops.convert_to_numpy(layer(x))
+    h = layer.dwconv(layer.dense1(x))
+    expected = layer.dense2(ops.gelu(h, approximate=False))
+    np.testing.assert_allclose(
+        got, ops.convert_to_numpy(expected), atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="XLA buffer assignment"
+)
+def test_mix_ffn_gradient_keeps_few_maps():
+    """Between the passes the Mix-FFN keeps its input, three maps of the
+    expanded size (the first projection, the convolution, GELU) and its
+    kernels: not the nine shifted copies of the convolution's input and
+    GELU's two extra maps that autodiff kept. The compiled gradient's
+    scratch memory shrinks with them."""
+    import jax
+    import jax.numpy as jnp
+
+    from keras_segformer.layers import fast
+    from keras_segformer.layers.mix_ffn import MixFFN
+
+    keras.utils.set_random_seed(7)
+    layer = MixFFN(32, 128)
+    x = np.random.default_rng(7).normal(size=(2, 64, 64, 32))
+    x = x.astype("float32")
+    layer.build(x.shape)
+    values = [v.value for v in layer.trainable_variables]
+    one_map = 2 * 64 * 64 * 128 * 4  # bytes
+
+    def forward(values, x):
+        return layer.stateless_call(values, [], x, training=True)[0]
+
+    def kept_and_scratch():
+        _, backward = jax.vjp(forward, values, x)
+        kept = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(backward))
+        fn = jax.jit(jax.grad(lambda v, x: jnp.sum(forward(v, x) ** 2)))
+        compiled = fn.lower(values, x).compile()
+        return kept, compiled.memory_analysis().temp_size_in_bytes
+
+    kept, scratch = kept_and_scratch()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fast, "_depthwise_jax", _shifted_depthwise)
+        patch.setattr(fast, "gelu", lambda t: jax.nn.gelu(t, approximate=False))
+        plain_kept, plain_scratch = kept_and_scratch()
+    assert 3 * one_map <= kept < 3.5 * one_map, (kept, one_map)
+    assert plain_kept > 12 * one_map, (plain_kept, one_map)
+    assert scratch < 0.7 * plain_scratch, (scratch, plain_scratch)

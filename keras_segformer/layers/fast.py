@@ -20,7 +20,10 @@ CPU this project is developed on:
 Outside those cases (other backends, symbolic shapes) the layer is called.
 """
 
+import functools
+
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -93,16 +96,113 @@ def depthwise_conv2d(layer, x):
     height, width = x.shape[1], x.shape[2]
     if backend == "jax" and height is not None and width is not None:
         kernel, bias = _kernel_and_bias(layer)
-        kh, kw = layer.kernel_size
-        ph, pw = kh // 2, kw // 2
-        padded = ops.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-        y = None
-        for i in range(kh):
-            for j in range(kw):
-                term = (
-                    padded[:, i : i + height, j : j + width]
-                    * kernel[i, j, :, 0]
-                )
-                y = term if y is None else y + term
+        y = _depthwise_jax(ops.cast(x, layer.compute_dtype), kernel[..., 0])
         return y if bias is None else y + bias
     return layer(x)
+
+
+def gelu(x):
+    """Exact (erf) GELU, ``ops.gelu(x, approximate=False)``.
+
+    On JAX the derivative is written out, so the backward pass keeps only
+    ``x``; autodiff through ``erf`` kept two more maps of its size (an
+    exponential and a select), 34 MB each per Mix-FFN of B0's first stage
+    at batch 2.
+    """
+    if _backend() == "jax":
+        return _gelu_jax()(x)
+    return ops.gelu(x, approximate=False)
+
+
+def _shifted_sum(padded, kernel, height, width):
+    """``sum_ij padded[:, i:i+height, j:j+width] * kernel[i, j]``."""
+    kh, kw = kernel.shape[:2]
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            term = padded[:, i : i + height, j : j + width] * kernel[i, j]
+            y = term if y is None else y + term
+    return y
+
+
+@functools.cache
+def _depthwise_vjp():
+    """A depthwise convolution for JAX (``"same"`` padding, stride 1, odd
+    kernel ``(kh, kw, channels)``) as nine shifted multiply-adds, which XLA
+    fuses into one loop.
+
+    Autodiff of those shifted slices saves every slice for the kernel's
+    gradient: nine copies of the input (150 MB per Mix-FFN of B0's first
+    stage at batch 2, a third of a training step's activations). The
+    backward pass here keeps only the input and re-pads it: the input
+    gradient is the same shifted sum of the padded output gradient with
+    the kernel flipped, and each kernel tap's gradient is a reduction of
+    one shifted slice against the output gradient.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def pads(kernel):
+        kh, kw = kernel.shape[:2]
+        return ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))
+
+    @jax.custom_vjp
+    def conv(x, kernel):
+        padded = jnp.pad(x, pads(kernel))
+        return _shifted_sum(padded, kernel, x.shape[1], x.shape[2])
+
+    def forward(x, kernel):
+        return conv(x, kernel), (x, kernel)
+
+    def backward(saved, grad):
+        x, kernel = saved
+        height, width = x.shape[1], x.shape[2]
+        kh, kw = kernel.shape[:2]
+        # With g padded like x, both gradients read the same nine shifted
+        # slices of g: dx = sum_ij g_ij * kernel[i, j] and
+        # dkernel[i, j] = sum(g_ij * x), g_ij the slice at
+        # (kh - 1 - i, kw - 1 - j). Slicing g rather than x also keeps XLA
+        # from computing the slices early, in the forward pass, and
+        # holding them until the backward pass.
+        grad_padded = jnp.pad(grad, pads(kernel))
+        dx, dkernel = None, []
+        for i in range(kh):
+            row = []
+            for j in range(kw):
+                a, b = kh - 1 - i, kw - 1 - j
+                g = grad_padded[:, a : a + height, b : b + width]
+                term = g * kernel[i, j]
+                dx = term if dx is None else dx + term
+                row.append(jnp.sum(g * x, axis=(0, 1, 2)))
+            dkernel.append(jnp.stack(row))
+        return dx, jnp.stack(dkernel).astype(kernel.dtype)
+
+    conv.defvjp(forward, backward)
+    return conv
+
+
+def _depthwise_jax(x, kernel):
+    return _depthwise_vjp()(x, kernel)
+
+
+@functools.cache
+def _gelu_jax():
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def gelu(x):
+        return jax.nn.gelu(x, approximate=False)
+
+    def forward(x):
+        return gelu(x), x
+
+    def backward(x, grad):
+        # d/dx x * Phi(x) = Phi(x) + x * phi(x)
+        xf = x.astype("float32") if x.dtype != jnp.float64 else x
+        cdf = 0.5 * (1.0 + jax.lax.erf(xf * np.float32(0.5**0.5)))
+        pdf = jnp.exp(-0.5 * xf * xf) * np.float32((2.0 * np.pi) ** -0.5)
+        return ((grad * (cdf + xf * pdf)).astype(x.dtype),)
+
+    gelu.defvjp(forward, backward)
+    return gelu

@@ -1,7 +1,6 @@
 """Mix-FFN: Dense -> depthwise 3x3 conv -> GELU -> Dense."""
 
 import keras
-from keras import ops
 
 from keras_segformer.layers import fast
 from keras_segformer.layers.init import kernel_init
@@ -55,7 +54,7 @@ class MixFFN(keras.layers.Layer):
     def call(self, x, training=None):
         x = fast.depthwise_conv2d(self.dwconv, fast.dense(self.dense1, x))
         # Exact (erf) GELU, as in the reference; not the tanh approximation.
-        x = ops.gelu(x, approximate=False)
+        x = fast.gelu(x)
         x = self.dropout(x, training=training)
         x = fast.dense(self.dense2, x)
         return self.dropout(x, training=training)
