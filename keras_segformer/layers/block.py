@@ -72,7 +72,13 @@ class MiTBlock(keras.layers.Layer):
         self.drop_path = DropPath(drop_path, dtype=policy, name="drop_path")
 
     def build(self, input_shape):
-        for layer in (self.norm1, self.attention, self.norm2, self.mlp):
+        for layer in (
+            self.norm1,
+            self.attention,
+            self.norm2,
+            self.mlp,
+            self.drop_path,
+        ):
             layer.build(input_shape)
 
     def call(self, x, training=None):
