@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_segformer.layers import fast
 from keras_segformer.layers.init import kernel_init
+from keras_segformer.layers.layer_norm import LayerNorm
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -71,7 +72,7 @@ class EfficientSelfAttention(keras.layers.Layer):
                 dtype=self.dtype_policy,
                 name="sr",
             )
-            self.sr_norm = keras.layers.LayerNormalization(
+            self.sr_norm = LayerNorm(
                 epsilon=layer_norm_epsilon,
                 dtype=self.dtype_policy,
                 name="sr_norm",
@@ -209,6 +210,10 @@ def _attention_jax(q, k, v, training=False):
     if None in (batch, queries, keys):
         return attend(q)
     rows = max(8, JAX_SCORE_CHUNK // (batch * heads * keys))
+    if training and queries >= 16:
+        # At least two chunks: XLA inlines a one-trip loop and then hoists
+        # the recomputation into the forward pass, keeping its maps.
+        rows = min(rows, -(-queries // 2))
     if queries <= rows:
         return attend(q)
     chunks = -(-queries // rows)
