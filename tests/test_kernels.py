@@ -370,3 +370,42 @@ def test_mix_ffn_gradient_keeps_few_maps():
     assert 3 * one_map <= kept < 3.5 * one_map, (kept, one_map)
     assert plain_kept > 12 * one_map, (plain_kept, one_map)
     assert scratch < 0.7 * plain_scratch, (scratch, plain_scratch)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 24), (3, 40)])
+def test_layer_norm_equals_keras_layer_norm(shape):
+    """The project's LayerNorm gives Keras' LayerNormalization numbers and
+    gradients (input, gamma, beta), with trained-looking gamma and beta."""
+    from keras_segformer.layers import LayerNorm
+
+    rng = np.random.default_rng(8)
+    x = (rng.normal(size=shape) * 3 + 1).astype("float32")
+    cotangent = rng.normal(size=shape).astype("float32")
+    ours = LayerNorm(epsilon=1e-5)
+    ref = keras.layers.LayerNormalization(epsilon=1e-5)
+    ours.build(shape)
+    ref.build(shape)
+    gamma = rng.normal(size=shape[-1:]).astype("float32")
+    beta = rng.normal(size=shape[-1:]).astype("float32")
+    for layer in (ours, ref):
+        layer.set_weights([gamma, beta])
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(ours(x)),
+        ops.convert_to_numpy(ref(x)),
+        atol=2e-5,
+        rtol=0,
+    )
+    if keras.backend.backend() != "jax":
+        return  # the layer is Keras' own there
+    import jax
+    import jax.numpy as jnp
+
+    def grads(layer):
+        def loss(x, gamma, beta):
+            out, _ = layer.stateless_call([gamma, beta], [], x)
+            return jnp.sum(out * cotangent)
+
+        return jax.jit(jax.grad(loss, (0, 1, 2)))(x, gamma, beta)
+
+    for got, expected in zip(grads(ours), grads(ref)):
+        np.testing.assert_allclose(got, expected, atol=5e-5, rtol=1e-5)

@@ -231,6 +231,7 @@ def test_include_preprocessing_takes_raw_pixels():
         layers.SegFormerHead(5, 16, dropout=0.2),
         layers.ImageNormalization(),
         layers.InputCheck(29),
+        layers.LayerNorm(epsilon=1e-6),
     ],
     ids=lambda layer: type(layer).__name__,
 )

@@ -4,6 +4,7 @@ import keras
 
 from keras_segformer.layers.attention import EfficientSelfAttention
 from keras_segformer.layers.drop_path import DropPath
+from keras_segformer.layers.layer_norm import LayerNorm
 from keras_segformer.layers.mix_ffn import MixFFN
 
 
@@ -44,7 +45,7 @@ class MiTBlock(keras.layers.Layer):
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(
+        self.norm1 = LayerNorm(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm1"
         )
         self.attention = EfficientSelfAttention(
@@ -59,7 +60,7 @@ class MiTBlock(keras.layers.Layer):
         self.attention_output_dropout = keras.layers.Dropout(
             dropout, dtype=policy
         )
-        self.norm2 = keras.layers.LayerNormalization(
+        self.norm2 = LayerNorm(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm2"
         )
         self.mlp = MixFFN(

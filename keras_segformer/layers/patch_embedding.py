@@ -4,6 +4,7 @@ import keras
 
 from keras_segformer.layers import fast
 from keras_segformer.layers.init import kernel_init
+from keras_segformer.layers.layer_norm import LayerNorm
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -39,7 +40,7 @@ class OverlappingPatchEmbedding(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="proj",
         )
-        self.layer_norm = keras.layers.LayerNormalization(
+        self.layer_norm = LayerNorm(
             epsilon=layer_norm_epsilon,
             dtype=self.dtype_policy,
             name="layer_norm",

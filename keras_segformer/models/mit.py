@@ -9,6 +9,7 @@ from keras_segformer.layers import (
     MiTBlock,
     OverlappingPatchEmbedding,
 )
+from keras_segformer.layers.layer_norm import LayerNorm
 
 
 def _serialize_dtype(dtype):
@@ -124,7 +125,7 @@ class MiTBackbone(keras.Model):
                     name=f"stage{s + 1}_block{b + 1}",
                 )(x)
                 block_index += 1
-            x = keras.layers.LayerNormalization(
+            x = LayerNorm(
                 epsilon=layer_norm_epsilon,
                 dtype=dtype,
                 name=f"stage{s + 1}_norm",
