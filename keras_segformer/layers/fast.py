@@ -134,10 +134,10 @@ def _depthwise_vjp():
     Autodiff of those shifted slices saves every slice for the kernel's
     gradient: nine copies of the input (150 MB per Mix-FFN of B0's first
     stage at batch 2, a third of a training step's activations). The
-    backward pass here keeps only the input and re-pads it: the input
-    gradient is the same shifted sum of the padded output gradient with
-    the kernel flipped, and each kernel tap's gradient is a reduction of
-    one shifted slice against the output gradient.
+    backward pass here keeps only the input and the kernel: the input
+    gradient is the shifted sum of the padded output gradient with the
+    kernel flipped, and each kernel tap's gradient is the sum of the input
+    times one of those shifted slices.
     """
     import jax
     import jax.numpy as jnp
