@@ -199,7 +199,7 @@ def _gelu_jax():
 
     def backward(x, grad):
         # d/dx x * Phi(x) = Phi(x) + x * phi(x)
-        xf = x.astype("float32") if x.dtype != jnp.float64 else x
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         cdf = 0.5 * (1.0 + jax.lax.erf(xf * np.float32(0.5**0.5)))
         pdf = jnp.exp(-0.5 * xf * xf) * np.float32((2.0 * np.pi) ** -0.5)
         return ((grad * (cdf + xf * pdf)).astype(x.dtype),)

@@ -44,22 +44,22 @@ def _layer_norm_jax(epsilon):
     import jax
     import jax.numpy as jnp
 
-    def statistics(x):
+    def normalize(x, gamma, beta):
+        """The output, and the mean and rstd the backward pass keeps."""
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         mean = jnp.mean(x, axis=-1, keepdims=True)
         centered = x - mean
         var = jnp.mean(centered * centered, axis=-1, keepdims=True)
-        return x, mean, jax.lax.rsqrt(var + epsilon)
+        rstd = jax.lax.rsqrt(var + epsilon)
+        out = centered * rstd * gamma.astype(x.dtype) + beta.astype(x.dtype)
+        return out, mean, rstd
 
     @jax.custom_vjp
     def norm(x, gamma, beta):
-        x, mean, rstd = statistics(x)
-        return (x - mean) * rstd * gamma.astype(x.dtype) + beta.astype(x.dtype)
+        return normalize(x, gamma, beta)[0]
 
     def forward(x, gamma, beta):
-        _, mean, rstd = statistics(x)
-        out = (x.astype(mean.dtype) - mean) * rstd
-        out = out * gamma.astype(out.dtype) + beta.astype(out.dtype)
+        out, mean, rstd = normalize(x, gamma, beta)
         return out, (x, mean, rstd, gamma, beta)
 
     def backward(saved, grad):
