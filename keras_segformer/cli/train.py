@@ -1,6 +1,7 @@
 """``keras-segformer train``: fit a SegFormer on image/mask folders."""
 
 import argparse
+import math
 import os
 
 
@@ -10,13 +11,15 @@ def add_parser(subparsers):
         help="train a SegFormer on image/mask folders (resumable)",
         description=(
             "Train with the SegFormer recipe (AdamW, head lr x10, poly "
-            "schedule with warmup, mmseg augmentation). Writes log.csv, "
-            "tensorboard/, checkpoints/ every epoch and model.keras to --out; "
-            "run again with the same --out to resume after a kill."
+            "schedule with warmup, mmseg augmentation). Writes run.json, "
+            "log.csv, tensorboard/, checkpoints/ every epoch and model.keras "
+            "to --out, each file complete or not at all; run again with the "
+            "same --out to resume after a kill (a finished run is left as it "
+            "is; --overwrite starts afresh)."
         ),
     )
     p.add_argument("--variant", default="b0", help="b0 ... b5 (default b0)")
-    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--num-classes", type=_int_at_least(1), required=True)
     p.add_argument("--images", required=True, help="training image folder")
     p.add_argument("--masks", required=True, help="training mask folder")
     p.add_argument("--val-images", help="validation image folder")
@@ -25,18 +28,27 @@ def add_parser(subparsers):
         "--init",
         help=(
             "start from a .keras model, a .weights.h5 file or a transformers "
-            "directory (backbone only when the class count differs)"
+            "directory (backbone only when the class count differs); not "
+            "read when the run resumes"
         ),
     )
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument(
+        "--epochs",
+        type=_int_at_least(1),
+        default=10,
+        help=(
+            "epochs in all (default 10); more than a finished run in --out "
+            "had continues it"
+        ),
+    )
     p.add_argument(
         "--steps",
-        type=int,
+        type=_int_at_least(1),
         help="steps per epoch (default: one pass over the training images)",
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=_int_at_least(1),
         default=8,
         help="global batch size, split over --devices (default 8)",
     )
@@ -49,21 +61,90 @@ def add_parser(subparsers):
             "cores; not on PyTorch). Default: one device"
         ),
     )
-    p.add_argument("--crop-size", type=int, nargs="+", default=[512])
+    p.add_argument(
+        "--crop-size",
+        type=_int_at_least(1),
+        nargs="+",
+        action=_OneOrTwo,
+        default=[512],
+        metavar="SIZE",
+        help="training crop: one size, or height and width (default 512)",
+    )
     p.add_argument(
         "--base-size",
-        type=int,
+        type=_int_at_least(1),
         nargs=2,
         default=[2048, 512],
+        metavar=("LONG", "SHORT"),
         help="rescale box before the random 0.5-2.0 ratio (mmseg img_scale)",
     )
-    p.add_argument("--lr", type=float, default=6e-5, help="peak learning rate")
-    p.add_argument("--warmup-steps", type=int, default=1500)
+    p.add_argument(
+        "--lr",
+        type=_float_at_least(0.0),
+        default=6e-5,
+        help="peak learning rate (default 6e-5)",
+    )
+    p.add_argument("--warmup-steps", type=_int_at_least(0), default=1500)
     p.add_argument("--reduce-labels", action="store_true")
     p.add_argument("--labels", help="class names: ade20k, cityscapes or JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=(
+            "start afresh: remove the run in --out first (run.json, "
+            "model.keras, log.csv, checkpoints/, backup/, tensorboard/)"
+        ),
+    )
     p.set_defaults(func=run)
+
+
+def _int_at_least(low):
+    """argparse type: an int >= ``low``."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(
+                f"expected an int >= {low}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _float_at_least(low):
+    """argparse type: a finite float >= ``low``."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(
+                f"expected a number >= {low:g}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+class _OneOrTwo(argparse.Action):
+    """``nargs="+"`` limited to one value or two (height, width)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2:
+            raise argparse.ArgumentError(
+                self,
+                "expected one size or two (height width), got "
+                + " ".join(map(str, values)),
+            )
+        setattr(namespace, self.dest, values)
 
 
 def _devices(text):
@@ -80,8 +161,9 @@ def _devices(text):
     return value
 
 
-def _init_model(args, id2label):
-    """Build the model and start it from ``--init`` when given.
+def _init_model(args, id2label, resume=False):
+    """Build the model and start it from ``--init`` when given (and the
+    run does not ``resume``: its own weights come back then).
 
     ``.keras`` / ``.weights.h5`` models of the same variant give all their
     weights (only the encoder when the class count differs); checkpoint
@@ -97,6 +179,9 @@ def _init_model(args, id2label):
         args.num_classes, args.variant, id2label=id2label
     )
     if args.init is None:
+        return model
+    if resume:
+        print(f"init: {args.init} not read, the run resumes")
         return model
     if args.init.endswith((".keras", ".weights.h5")):
         source = load_any_model(
@@ -139,6 +224,24 @@ def run(args):
         return _train(args)
 
 
+def _settings(args, steps):
+    """The flags that define a run, recorded in ``run.json`` and compared
+    when the run is started again (``--init``, ``--devices``, the folders
+    and the class names may change between restarts)."""
+    return {
+        "--variant": args.variant,
+        "--num-classes": args.num_classes,
+        "--crop-size": args.crop_size,
+        "--base-size": args.base_size,
+        "--batch-size": args.batch_size,
+        "--steps": steps,
+        "--lr": args.lr,
+        "--warmup-steps": args.warmup_steps,
+        "--reduce-labels": args.reduce_labels,
+        "--seed": args.seed,
+    }
+
+
 def _train(args):
     from keras_segformer.cli.common import read_class_names
     from keras_segformer.data import make_dataset
@@ -147,7 +250,20 @@ def _train(args):
 
     id2label = read_class_names(args.labels, args.num_classes)
     images, _ = resolve_pairs(args.images, args.masks)
-    steps = args.steps or max(1, len(images) // args.batch_size)
+    steps = args.steps
+    if steps is None:
+        steps = max(1, len(images) // args.batch_size)
+    settings = _settings(args, steps)
+    resume = False
+    if not args.overwrite:
+        # Before anything is built: a finished run is a quick no-op.
+        status = trainer.check_run(
+            args.out, epochs=args.epochs, settings=settings
+        )
+        if status.finished:
+            print(status.message())
+            return 0
+        resume = status.source is not None
     common = dict(
         num_classes=args.num_classes,
         reduce_labels=args.reduce_labels,
@@ -176,7 +292,7 @@ def _train(args):
             training=False,
             **common,
         )
-    model = _init_model(args, id2label)
+    model = _init_model(args, id2label, resume=resume)
     trainer.fit(
         model,
         train_ds,
@@ -186,6 +302,8 @@ def _train(args):
         validation_data=val_ds,
         learning_rate=args.lr,
         warmup_steps=min(args.warmup_steps, args.epochs * steps // 2),
+        overwrite=args.overwrite,
+        settings=settings,
     )
     print(f"saved {os.path.join(args.out, trainer.FINAL_MODEL)}")
     return 0
