@@ -7,6 +7,7 @@ on JAX and PyTorch) and the tests share them.
 """
 
 import contextlib
+import io
 import os
 
 import keras
@@ -396,3 +397,191 @@ def test_calibration_images_sources(tmp_path):
     assert len({s.tobytes() for s in synthetic}) == len(synthetic)
     with pytest.raises(FileNotFoundError, match="not found"):
         calibration_images(tmp_path / "nope")
+
+
+# ------------------------------------------------ Keras' model.export
+
+
+def _keras_spec(size, dtype="float32"):
+    return [keras.InputSpec(shape=(None, *size, 3), dtype=dtype)]
+
+
+# format -> (file name, extra arguments of model.export)
+KERAS_EXPORTS = {
+    "tf_saved_model": ("keras_saved_model", {}),
+    "onnx": ("keras.onnx", {"verbose": False}),
+    "litert": ("keras.tflite", {"input_signature": _keras_spec(SIZES[0])}),
+}
+
+
+@pytest.fixture(scope="module")
+def keras_exported(tmp_path_factory):
+    """A tiny SegFormer compiled with the training defaults (loss,
+    GroupedAdamW with its state, MeanIoU), written once per format with
+    Keras' ``model.export``; the printed text is kept per format. Plus a
+    MiTClassifier as a SavedModel."""
+    from conftest import TINY
+
+    import keras_segformer
+    from keras_segformer.training import compile_for_training
+
+    out = tmp_path_factory.mktemp("keras_export")
+    keras.utils.set_random_seed(1)
+    model = tiny_segformer(NUM_CLASSES)
+    compile_for_training(model, total_steps=10)
+    model.optimizer.build(model.trainable_variables)
+    paths, printed = {}, {}
+    for fmt, (name, kwargs) in KERAS_EXPORTS.items():
+        paths[fmt] = str(out / name)
+        with contextlib.redirect_stdout(io.StringIO()) as text:
+            assert model.export(paths[fmt], format=fmt, **kwargs) is None
+        printed[fmt] = text.getvalue()
+    classifier = keras_segformer.build_classifier(3, **TINY)
+    paths["classifier"] = str(out / "classifier_saved_model")
+    classifier.export(paths["classifier"], verbose=False)
+    return model, classifier, paths, printed
+
+
+@pytest.mark.parametrize("fmt", list(KERAS_EXPORTS))
+def test_keras_export_matches_predict(keras_exported, fmt):
+    model, _, paths, _ = keras_exported
+    run = ExportedModel(paths[fmt])
+    assert run.output_name == "logits"
+    # LiteRT was exported with a fixed 61x83 input_signature.
+    sizes = SIZES[:1] if fmt == "litert" else SIZES
+    rng = np.random.default_rng(11)
+    for size in sizes:
+        x = _images(rng, size)
+        expected = model.predict(x, verbose=0)
+        got = run(x)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+        if fmt == "tf_saved_model":
+            # Keras' way to call a reloaded artifact: `.serve(x)`.
+            served = run._loaded.serve(x)["logits"].numpy()
+            np.testing.assert_allclose(served, expected, atol=ATOL, rtol=0)
+
+
+def test_keras_export_classifier(keras_exported):
+    _, classifier, paths, _ = keras_exported
+    x = _images(np.random.default_rng(12), SIZES[1])
+    got = ExportedModel(paths["classifier"])(x)
+    expected = classifier.predict(x, verbose=0)
+    assert got.shape == expected.shape == (2, 3)
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+
+
+def test_keras_export_input_signature_and_verbose(keras_exported):
+    _, _, paths, printed = keras_exported
+    run = ExportedModel(paths["litert"])
+    (detail,) = run._interpreter.get_input_details()
+    assert list(detail["shape_signature"]) == [-1, *SIZES[0], 3]
+    # verbose=None prints like Keras: path and signature.
+    text = printed["tf_saved_model"]
+    assert f"Saved artifact at '{paths['tf_saved_model']}'" in text
+    assert "images (None, None, None, 3) float32 -> logits" in text
+    assert "images (None, 61, 83, 3) float32" in printed["litert"]
+    assert "(None, 16, 21, 4)" in printed["litert"]
+    assert printed["onnx"] == ""  # verbose=False
+
+
+def test_keras_export_arguments_map_to_export_model(small_model):
+    import tensorflow as tf
+
+    from keras_segformer.export.keras_api import export_options
+
+    spec = tf.lite.TargetSpec(supported_types=[tf.float16])
+    options = export_options(
+        small_model,
+        "m.tflite",
+        "litert",
+        optimizations=[tf.lite.Optimize.DEFAULT],
+        target_spec=spec,
+        input_signature=tf.TensorSpec((None, 64, 96, 3), tf.uint8),
+        include_preprocessing=True,
+    )
+    assert options == {
+        "path": "m.tflite",
+        "format": "tflite",
+        "quantization": "float16",
+        "include_preprocessing": True,
+        "input_size": (64, 96),
+        "input_dtype": "uint8",
+    }
+    dynamic = keras.KerasTensor((None, None, None, 3), dtype="float32")
+    options = export_options(small_model, "m", "tf_saved_model", [dynamic])
+    assert options == {
+        "path": "m",
+        "format": "saved_model",
+        "input_size": None,
+        "input_dtype": "float32",
+    }
+    options = export_options(small_model, "m.onnx", "onnx", opset_version=17)
+    assert options == {"path": "m.onnx", "format": "onnx"}
+
+
+@pytest.mark.parametrize(
+    "fmt, match",
+    [
+        ("openvino", "Unsupported export format 'openvino'"),
+        ("torch", "Unsupported export format 'torch'"),
+        ("tflite", 'Did you mean "litert"'),
+    ],
+)
+def test_keras_export_unsupported_format(small_model, tmp_path, fmt, match):
+    with pytest.raises(ValueError, match=match) as info:
+        small_model.export(tmp_path / "m", format=fmt)
+    assert "export_model" in str(info.value)
+
+
+def test_keras_export_bad_litert_options(small_model, tmp_path):
+    import tensorflow as tf
+
+    path = tmp_path / "m.tflite"
+    default = [tf.lite.Optimize.DEFAULT]
+    with pytest.raises(ValueError, match="representative_images"):
+        small_model.export(
+            path, format="litert", representative_dataset=lambda: iter([])
+        )
+    with pytest.raises(ValueError, match="dynamic-range"):
+        small_model.export(path, format="litert", optimizations=default)
+    select = tf.lite.TargetSpec(
+        supported_ops=[tf.lite.OpsSet.SELECT_TF_OPS],
+    )
+    with pytest.raises(ValueError, match="supported_ops"):
+        small_model.export(path, format="litert", target_spec=select)
+    with pytest.raises(ValueError, match=r"\['allow_custom_ops'\]"):
+        small_model.export(path, format="litert", allow_custom_ops=True)
+    with pytest.raises(ValueError, match="end with '.tflite'"):
+        small_model.export(tmp_path / "m.lite", format="litert")
+    with pytest.raises(ValueError, match="opset_version"):
+        small_model.export(tmp_path / "m.onnx", "onnx", opset_version=13)
+    assert not os.listdir(tmp_path)
+
+
+def test_keras_export_bad_input_signature(small_model, tmp_path):
+    path = tmp_path / "m"
+    with pytest.raises(ValueError, match="both fixed or both None"):
+        small_model.export(path, input_signature=_keras_spec((64, None)))
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        small_model.export(
+            path, input_signature=_keras_spec((64, 64), "float16")
+        )
+    with pytest.raises(ValueError, match="must hold one spec"):
+        small_model.export(path, input_signature=_keras_spec((64, 64)) * 2)
+    with pytest.raises(TypeError, match="keras.InputSpec"):
+        small_model.export(path, input_signature=[(None, 64, 64, 3)])
+    with pytest.raises(ValueError, match="needs include_preprocessing"):
+        small_model.export(path, input_signature=_keras_spec((64, 64), "uint8"))
+    with pytest.raises(ValueError, match="contradicts"):
+        small_model.export(
+            path,
+            input_signature=_keras_spec((64, 64), "uint8"),
+            input_dtype="float32",
+        )
+    # The 4-output backbone has no single output to name.
+    from keras_segformer.export import keras_export
+
+    with pytest.raises(ValueError, match="returns 4"):
+        keras_export(small_model.backbone, path)
+    assert not os.listdir(tmp_path)

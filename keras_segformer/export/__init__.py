@@ -71,6 +71,7 @@ from keras_segformer.export.api import (
     export_many,
     export_model,
 )
+from keras_segformer.export.keras_api import keras_export
 from keras_segformer.export.loading import load_model
 from keras_segformer.export.runtime import ExportedModel, artifact_format
 
@@ -81,5 +82,6 @@ __all__ = [
     "calibration_images",
     "export_many",
     "export_model",
+    "keras_export",
     "load_model",
 ]

@@ -27,7 +27,9 @@ def main(argv=None):
 
     with open(argv[0]) as f:
         spec = json.load(f)
-    model = keras.saving.load_model(spec["model"])
+    # compile=False: the export needs the layers and weights only, not
+    # the loss, metrics and optimizer the model was compiled with.
+    model = keras.saving.load_model(spec["model"], compile=False)
     cache = {}
     for job in spec["jobs"]:
         if job["representative_images"] is not None:

@@ -22,6 +22,7 @@ from keras_segformer.inference.processing import (
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("float16", "int8")
 INPUT_DTYPES = ("float32", "uint8")
+ONNX_OPSET = 17
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Default calibration: this many synthetic images (keras_segformer.data
 # .synthetic) at the fixed input size, or at this size for dynamic models.

@@ -14,11 +14,10 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_segformer.export.api import model_normalizes
+from keras_segformer.export.api import ONNX_OPSET, model_normalizes
 from keras_segformer.inference.processing import normalize_image
 from keras_segformer.layers.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
-ONNX_OPSET = 17
 SIGNATURE = "serving_default"
 
 

@@ -91,6 +91,29 @@ class _TaskModel(keras.Model):
             raise ValueError("`x` holds no images (its first dimension is 0).")
         return np.concatenate(outputs, axis=0)
 
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        verbose=None,
+        input_signature=None,
+        **kwargs,
+    ):
+        """``keras.Model.export`` on every backend: ``"tf_saved_model"``,
+        ``"litert"`` or ``"onnx"``, written from one TensorFlow graph by
+        ``keras_segformer.export.keras_export`` (see there for the
+        arguments)."""
+        from keras_segformer.export.keras_api import keras_export
+
+        keras_export(
+            self,
+            filepath,
+            format=format,
+            verbose=verbose,
+            input_signature=input_signature,
+            **kwargs,
+        )
+
     @property
     def label2id(self):
         if self.id2label is None:
