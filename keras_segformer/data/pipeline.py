@@ -16,6 +16,7 @@ from keras_segformer.data.loading import (
     resolve_pairs,
     validate_pairs,
 )
+from keras_segformer.errors import DataError, tag
 
 
 def _pair(value, name):
@@ -96,7 +97,12 @@ def make_dataset(
     palette PNGs (indices are the ids). Errors (unreadable file, image and
     mask sizes differing, a multi-channel non-palette mask, ids
     ``>= num_classes``) name the offending file; they are raised while
-    iterating, or up front with ``validate=True``.
+    iterating, or up front with ``validate=True``. While iterating,
+    TensorFlow wraps them in its own error (with a traceback); run
+    ``fit``, ``evaluate`` or the loop inside
+    ``keras_segformer.errors.data_errors()`` to get the plain
+    ``DataError`` (a ``ValueError``) back. ``training.trainer`` and the
+    command line do so.
 
     Args:
         images: folder or list of image files (jpg, png, ...). A folder is
@@ -169,10 +175,14 @@ def make_dataset(
         validate_pairs(image_paths, mask_paths, label_transform)
 
     def load(image_path, mask_path):
-        image, label = load_pair(
-            image_path.decode(), mask_path.decode(), label_transform
-        )
-        return image, label
+        try:
+            return load_pair(
+                image_path.decode(), mask_path.decode(), label_transform
+            )
+        except (ValueError, TypeError, OSError) as e:
+            # TensorFlow wraps it with a traceback; the tag lets
+            # errors.data_errors() give back this message alone.
+            raise DataError(tag(e)) from None
 
     def load_tf(image_path, mask_path):
         image, label = tf.numpy_function(

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from keras import tree
 
+from keras_segformer.errors import data_errors
 from keras_segformer.training.distribute import (
     check_batch_size,
     num_replicas,
@@ -104,6 +105,7 @@ def compile_model(model, *, total_steps, learning_rate=6e-5, **optimizer_kw):
     )
 
 
+@data_errors()  # a bad sample met in tf.data: its message, no traceback
 def fit(
     model,
     train_data,
@@ -791,6 +793,7 @@ def _tensorboard(out_dir):
     return [keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard"))]
 
 
+@data_errors()
 def evaluate(model, dataset, *, class_names=None, verbose=True):
     """Accumulate the confusion matrix of ``model`` over ``dataset``.
 
