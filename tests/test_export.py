@@ -439,6 +439,11 @@ def keras_exported(tmp_path_factory):
     classifier = keras_segformer.build_classifier(3, **TINY)
     paths["classifier"] = str(out / "classifier_saved_model")
     classifier.export(paths["classifier"], verbose=False)
+    # The backbone: four outputs, named after its output layers.
+    paths["backbone"] = str(out / "backbone.onnx")
+    with contextlib.redirect_stdout(io.StringIO()) as text:
+        model.backbone.export(paths["backbone"], format="onnx")
+    printed["backbone"] = text.getvalue()
     return model, classifier, paths, printed
 
 
@@ -469,6 +474,22 @@ def test_keras_export_classifier(keras_exported):
     expected = classifier.predict(x, verbose=0)
     assert got.shape == expected.shape == (2, 3)
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+
+
+def test_keras_export_backbone_features(keras_exported):
+    model, _, paths, printed = keras_exported
+    backbone = model.backbone
+    run = ExportedModel(paths["backbone"])
+    names = [f"stage{i}_norm" for i in range(1, 5)]
+    assert run.output_names == names and run.output_name is None
+    x = _images(np.random.default_rng(13), SIZES[0])
+    expected = backbone.predict(x, verbose=0)
+    got = run(x)
+    assert list(got) == names
+    for name, features in zip(names, expected):
+        assert got[name].shape == features.shape
+        np.testing.assert_allclose(got[name], features, atol=ATOL, rtol=0)
+    assert "stage4_norm (None, None, None, 32) float32" in printed["backbone"]
 
 
 def test_keras_export_input_signature_and_verbose(keras_exported):
@@ -579,9 +600,4 @@ def test_keras_export_bad_input_signature(small_model, tmp_path):
             input_signature=_keras_spec((64, 64), "uint8"),
             input_dtype="float32",
         )
-    # The 4-output backbone has no single output to name.
-    from keras_segformer.export import keras_export
-
-    with pytest.raises(ValueError, match="returns 4"):
-        keras_export(small_model.backbone, path)
     assert not os.listdir(tmp_path)

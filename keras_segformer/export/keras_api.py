@@ -8,9 +8,10 @@ rejected by onnxruntime (Keras 3.15). ``keras_export`` takes Keras'
 arguments, maps them onto ``export_model`` and writes the same artifacts
 from every backend: ``"tf_saved_model"`` -> ``"saved_model"``,
 ``"litert"`` -> ``"tflite"``, ``"onnx"`` -> ``"onnx"``. ``"openvino"`` and
-``"torch"`` are refused. Unlike Keras' artifacts, the input and output
-are named (``images``; ``logits`` or ``mask``): the SavedModel's
-``serve`` and ``serving_default`` return a dict.
+``"torch"`` are refused. Unlike Keras' artifacts, the input and outputs
+are named (``images``; ``logits`` or ``mask``; an ``MiTBackbone``'s
+``stage1_norm`` ... ``stage4_norm``): the SavedModel's ``serve`` and
+``serving_default`` return a dict.
 """
 
 import os
@@ -232,14 +233,23 @@ def export_options(model, filepath, format, input_signature=None, **kwargs):
         options["input_size"] = input_size
         if dtype is not None:
             options["input_dtype"] = dtype
-    output = model.output
-    if isinstance(output, (list, tuple, dict)):
-        raise ValueError(
-            f"model.export needs a model with one output (SegFormer, "
-            f"MiTClassifier); {model.name!r} returns {len(output)}. Export "
-            "the task model built on it instead."
-        )
     return {"path": filepath, "format": KERAS_FORMATS[format], **options}
+
+
+def _outputs(options, model):
+    size = options.get("input_size") or (None, None)
+    if options.get("include_postprocessing"):
+        return f"mask (None, {size[0]}, {size[1]}) int32"
+    several = isinstance(model.output, (list, tuple))
+    if size[0] is None:
+        shapes = [y.shape for y in model.outputs]
+    else:
+        shapes = model.compute_output_shape((None, *size, 3))
+        shapes = list(shapes) if several else [shapes]
+    names = model.output_names if several else ["logits"]
+    return ", ".join(
+        f"{name} {tuple(shape)} float32" for name, shape in zip(names, shapes)
+    )
 
 
 def _summary(path, options, model):
@@ -247,16 +257,10 @@ def _summary(path, options, model):
     dtype = options.get("input_dtype") or (
         "uint8" if options.get("include_preprocessing") else "float32"
     )
-    if options.get("include_postprocessing"):
-        output = f"mask (None, {size[0]}, {size[1]}) int32"
-    else:
-        shape = model.output.shape
-        if size[0] is not None:
-            shape = model.compute_output_shape((None, *size, 3))
-        output = f"logits {tuple(shape)} float32"
     return (
         f"Saved artifact at '{path}'. Signature 'serving_default': "
-        f"images (None, {size[0]}, {size[1]}, 3) {dtype} -> {output}."
+        f"images (None, {size[0]}, {size[1]}, 3) {dtype} -> "
+        f"{_outputs(options, model)}."
     )
 
 
@@ -277,8 +281,9 @@ def keras_export(
     signatures return ``{"logits": ...}``.
 
     Args:
-        model: ``keras.Model`` with one output (``SegFormer``,
-            ``MiTClassifier``).
+        model: ``keras.Model`` taking images: ``SegFormer``,
+            ``MiTClassifier``, or ``MiTBackbone`` (one output per stage,
+            named after its output layers).
         filepath: str or path-like. A directory (``"tf_saved_model"``), a
             ``.tflite`` file (``"litert"``) or a file (``"onnx"``).
         format: str. ``"tf_saved_model"``, ``"litert"`` or ``"onnx"``.

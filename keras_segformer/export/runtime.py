@@ -56,7 +56,10 @@ class ExportedModel:
 
     Attributes:
         format: str. The artifact's format.
-        output_name: str. ``"logits"`` or ``"mask"``.
+        output_names: list of str. ``["logits"]``, ``["mask"]``, or one
+            name per output of a model with several (an ``MiTBackbone``).
+        output_name: str or None. The only output's name (None when
+            there are several).
         input_dtype: numpy dtype of the ``images`` input.
 
     Example:
@@ -74,14 +77,14 @@ class ExportedModel:
             fn = self._loaded.signatures["serving_default"]
             spec = fn.structured_input_signature[1]["images"]
             self.input_dtype = np.dtype(spec.dtype.as_numpy_dtype)
-            (self.output_name,) = fn.structured_outputs
+            self.output_names = sorted(fn.structured_outputs)
             self._fn = fn
         elif self.format == "tflite":
             interpreter = _tflite_interpreter(self.path)
             runner = interpreter.get_signature_runner()
             (detail,) = runner.get_input_details().values()
             self.input_dtype = np.dtype(detail["dtype"])
-            (self.output_name,) = runner.get_output_details()
+            self.output_names = sorted(runner.get_output_details())
             self._interpreter = interpreter
             self._fn = runner
         else:
@@ -95,8 +98,10 @@ class ExportedModel:
                 {"tensor(uint8)": "uint8", "tensor(float)": "float32"}[inp.type]
             )
             self._input_name = inp.name
-            (self.output_name,) = [o.name for o in session.get_outputs()]
+            self.output_names = [o.name for o in session.get_outputs()]
             self._fn = session
+        names = self.output_names
+        self.output_name = names[0] if len(names) == 1 else None
 
     def __call__(self, images):
         """Run the artifact.
@@ -106,11 +111,18 @@ class ExportedModel:
                 artifact's input dtype.
 
         Returns:
-            numpy array: logits or mask.
+            numpy array: logits or mask; a dict name -> array when the
+            artifact has several outputs.
         """
         x = np.ascontiguousarray(np.asarray(images).astype(self.input_dtype))
         if self.format == "saved_model":
-            return self._fn(images=x)[self.output_name].numpy()
-        if self.format == "tflite":
-            return self._fn(images=x)[self.output_name]
-        return self._fn.run(None, {self._input_name: x})[0]
+            out = self._fn(images=x)
+            out = {k: v.numpy() for k, v in out.items()}
+        elif self.format == "tflite":
+            out = self._fn(images=x)
+        else:
+            values = self._fn.run(None, {self._input_name: x})
+            out = dict(zip(self.output_names, values))
+        if self.output_name is not None:
+            return out[self.output_name]
+        return {name: out[name] for name in self.output_names}

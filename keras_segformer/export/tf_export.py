@@ -34,7 +34,9 @@ def serving_function(
     Input ``images``: ``(batch, height, width, 3)`` of ``input_dtype``,
     height and width dynamic unless ``input_size`` fixes them. Output: a
     dict with ``"logits"`` (float32, ``(batch, ceil(H/4), ceil(W/4), K)``)
-    or, with post-processing, ``"mask"`` (int32, ``(batch, H, W)``).
+    or, with post-processing, ``"mask"`` (int32, ``(batch, H, W)``); a
+    model with several outputs (``MiTBackbone``) gives one float32 entry
+    per output, named after its output layer (``model.output_names``).
 
     Args:
         model: ``keras.Model`` (TensorFlow backend). Called with
@@ -67,7 +69,15 @@ def serving_function(
             # as the float64 rescale of the numpy pre-processing gives.
             x = (x / 255.0 - mean) / std
         # An explicit training=False: never inherit a training flag.
-        logits = tf.cast(model(x, training=False), tf.float32)
+        outputs = model(x, training=False)
+        if isinstance(outputs, (list, tuple)):
+            # Several outputs (an MiTBackbone's four feature maps): named
+            # after the model's output layers.
+            return {
+                name: tf.cast(y, tf.float32)
+                for name, y in zip(model.output_names, outputs)
+            }
+        logits = tf.cast(outputs, tf.float32)
         if not include_postprocessing:
             return {"logits": logits}
         size = tf.shape(images)[1:3]

@@ -2,7 +2,11 @@
 
 import keras
 
-from keras_segformer.configs import min_input_size, validate_backbone_config
+from keras_segformer.configs import (
+    min_input_size,
+    validate_backbone_config,
+    validate_backbone_options,
+)
 from keras_segformer.layers import (
     ImageNormalization,
     InputCheck,
@@ -83,12 +87,14 @@ class MiTBackbone(keras.Model):
             strides,
             mlp_ratios,
         )
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 3:
-            raise ValueError(
-                "`input_shape` must be (height, width, channels). "
-                f"Received: {input_shape}"
-            )
+        input_shape = validate_backbone_options(
+            drop_path_rate,
+            dropout,
+            attention_dropout,
+            layer_norm_epsilon,
+            input_shape,
+            include_preprocessing,
+        )
         min_size = min_input_size(
             cfg["patch_sizes"], cfg["strides"], cfg["sr_ratios"]
         )
@@ -152,6 +158,28 @@ class MiTBackbone(keras.Model):
     @property
     def num_stages(self):
         return len(self.depths)
+
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        verbose=None,
+        input_signature=None,
+        **kwargs,
+    ):
+        """``keras.Model.export`` on every backend, one output per stage
+        (``stage1_norm`` ... ``stage4_norm``); see
+        ``keras_segformer.export.keras_export``."""
+        from keras_segformer.export.keras_api import keras_export
+
+        keras_export(
+            self,
+            filepath,
+            format=format,
+            verbose=verbose,
+            input_signature=input_signature,
+            **kwargs,
+        )
 
     def get_config(self):
         return {
