@@ -2,6 +2,7 @@
 ``KERAS_BACKEND=jax pytest`` (see the Makefile's ``test`` target)."""
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,3 +47,191 @@ def tiny_segformer(num_classes=5, **kwargs):
     return keras_segformer.build_segformer(
         num_classes, decoder_hidden_size=TINY_DECODER, **TINY, **kwargs
     )
+
+
+# -- backend-independent tests ----------------------------------------------
+# Tests that never reach the Keras backend (tf.data pipelines, file readers,
+# numpy pre/post-processing, palettes, argument parsing, torch-only
+# references): they give the same result whatever KERAS_BACKEND is, so
+# `make test` runs them once, in the TensorFlow run, and deselects them with
+# `-m "not backend_independent"` on JAX and PyTorch. Listed by function name,
+# so a test added to one of these files runs on every backend until someone
+# lists it. A test that builds or calls a model, layer, loss, metric,
+# optimizer or any keras.ops function is backend dependent: keep it off this
+# list. Check an addition with `pytest -m backend_independent
+# --audit-backend-independent` (it fails a listed test that calls into
+# keras/src/backend/<backend>/).
+BACKEND_INDEPENDENT = {
+    # tf.data pipeline, augmentation, dataset readers, synthetic data.
+    "test_data.py": {
+        "test_training_keeps_image_and_label_aligned",
+        "test_training_label_values_are_preserved",
+        "test_rescale_then_pad_geometry",
+        "test_rescale_size_matches_mmcv",
+        "test_balanced_crop_rule_ignores_255",
+        "test_cat_max_ratio_retries_crops",
+        "test_random_crop_single_class_still_returns_a_crop",
+        "test_flip_moves_image_and_label_together",
+        "test_photometric_is_a_per_pixel_colour_map",
+        "test_photometric_brightness_step",
+        "test_seed_makes_pipeline_reproducible",
+        "test_evaluation_returns_whole_normalized_images",
+        "test_evaluation_resize_and_padded_batches",
+        "test_reduce_labels",
+        "test_label_map_unmapped_ids_are_ignored",
+        "test_label_map_runs_before_reduce_labels",
+        "test_cityscapes_reader_maps_label_ids",
+        "test_ade20k_reader",
+        "test_palette_mask_indices_are_class_ids",
+        "test_error_label_out_of_range_names_file",
+        "test_error_size_mismatch_names_file",
+        "test_error_corrupt_files_name_file",
+        "test_error_multichannel_mask_names_file",
+        "test_error_image_without_mask_names_file",
+        "test_error_empty_dataset",
+        "test_folder_pairs_nested_files_by_name",
+        "test_synthetic_is_deterministic_by_seed",
+        "test_synthetic_classes_are_present_and_distinct",
+        "test_synthetic_rejects_bad_num_classes",
+    },
+    # numpy/PIL pre- and post-processing against transformers' PIL
+    # processor, palettes, drawing.
+    "test_processing.py": {
+        "test_preprocess_equals_transformers",
+        "test_preprocess_batch_and_options_equal_transformers",
+        "test_pil_modes_converted_like_transformers",
+        "test_array_channels_converted",
+        "test_image_errors",
+        "test_resolve_size",
+        "test_labels_equal_transformers",
+        "test_reduce_labels_and_label_files",
+        "test_resize_logits_batch_and_binary_mask",
+        "test_palettes_and_names",
+        "test_colorize_and_overlay",
+        "test_save_prediction_round_trip",
+        "test_save_prediction_without_legend",
+    },
+    # Harness parsing, charts, the RSS probe, a transformers-only GPU cell.
+    "test_benchmark.py": {
+        "test_failures_are_reported_not_raised",
+        "test_parse_case_and_columns",
+        "test_smooth_images_are_smooth",
+        "test_pil_chart",
+        "test_cli_registers_benchmark",
+        "test_peak_rss_is_the_worker_not_its_parent",
+        "test_gpu_device_measures_a_gpu_or_refuses",
+    },
+    # Checkpoint readers, format detection and the torch-only references.
+    "test_convert_formats.py": {
+        "test_references_agree_with_transformers",
+        "test_detect_format",
+        "test_malicious_pickle_is_refused",
+        "test_truncated_and_corrupt_files",
+        "test_restricted_reader_equals_torch_load",
+        "test_read_state_dict_without_torch",
+        "test_resolve_labels",
+    },
+    "test_convert_hf.py": {
+        "test_saved_names_and_in_memory_names_canonicalize_alike",
+        "test_code_carrying_pickle_is_refused",
+    },
+    "test_convert_cli.py": {"test_convert_is_registered"},
+    "test_cli_predict.py": {"test_palette_auto_uses_dataset_colours"},
+    # Window arithmetic and a numpy model (no Keras model inside).
+    "test_inference.py": {
+        "test_slide_windows_follow_mmseg",
+        "test_windows_padded_to_crop_and_batched",
+        "test_merge_probs_averages_probabilities",
+    },
+    "test_export.py": {"test_calibration_images_sources"},
+    # This marking itself (pytest runs on a sample file).
+    "test_conftest_marks.py": {
+        "test_listed_tests_are_marked_and_deselected",
+        "test_a_listed_name_that_is_gone_stops_the_run",
+        "test_audit_fails_a_listed_test_that_calls_the_backend",
+    },
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark the listed tests (before `-m` selects on the marker)."""
+    checked = set()
+    for item in items:
+        names = BACKEND_INDEPENDENT.get(item.path.name)
+        if not names:
+            continue
+        if item.path.name not in checked:
+            checked.add(item.path.name)
+            missing = sorted(n for n in names if not hasattr(item.module, n))
+            if missing:
+                raise pytest.UsageError(
+                    f"tests/conftest.py BACKEND_INDEPENDENT lists "
+                    f"{', '.join(missing)} for {item.path.name}, which "
+                    f"defines no such test"
+                )
+        if getattr(item, "originalname", item.name) in names:
+            item.add_marker(pytest.mark.backend_independent)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--audit-backend-independent",
+        action="store_true",
+        help="fail a test marked backend_independent that calls the Keras "
+        "backend (setup and call traced with sys.setprofile; slow)",
+    )
+
+
+_BACKEND_DIRS = tuple(
+    os.path.join(os.path.dirname(keras.__file__), "src", "backend", name, "")
+    for name in ("jax", "tensorflow", "torch", "numpy", "openvino")
+)
+_AUDIT_HITS = pytest.StashKey[list]()
+
+
+def _traced(item, phase):
+    """Run one phase of a marked test, recording Keras backend calls."""
+    hits = item.stash.setdefault(_AUDIT_HITS, [])
+
+    def profile(frame, event, arg):
+        if event == "call" and not hits:
+            name = frame.f_code.co_filename
+            if name.startswith(_BACKEND_DIRS) and frame.f_code.co_name != (
+                "<module>"
+            ):
+                hits.append(f"{name}:{frame.f_code.co_name} ({phase})")
+
+    sys.setprofile(profile)
+    try:
+        return (yield)
+    finally:
+        sys.setprofile(None)
+
+
+def _auditing(item):
+    return item.config.getoption("audit_backend_independent") and (
+        item.get_closest_marker("backend_independent") is not None
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    if not _auditing(item):
+        return (yield)
+    return (yield from _traced(item, "setup"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    if not _auditing(item):
+        return (yield)
+    result = yield from _traced(item, "call")
+    hits = item.stash.get(_AUDIT_HITS, [])
+    if hits:
+        pytest.fail(
+            f"{item.nodeid} is marked backend_independent but called the "
+            f"Keras backend: {hits[0]}",
+            pytrace=False,
+        )
+    return result

@@ -1,0 +1,97 @@
+"""The ``backend_independent`` marking of tests/conftest.py: listed tests
+get the marker (``-m "not backend_independent"`` leaves them out), a name
+that no longer exists stops the run, and the audit fails a listed test that
+calls the Keras backend. Each case runs pytest on a small sample file."""
+
+import os
+import subprocess
+import sys
+
+CONFTEST = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "conftest.py"
+)
+
+SAMPLE = """
+import keras
+import numpy as np
+import pytest
+
+
+def test_numpy():
+    assert np.add(1, 2) == 3
+
+
+def test_keras_op():
+    assert float(keras.ops.convert_to_numpy(keras.ops.add(1.0, 2.0))) == 3.0
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_param(n):
+    assert n > 0
+"""
+
+# Loads the project's conftest under another module name and lists `names`.
+SAMPLE_CONFTEST = """
+import importlib.util
+
+spec = importlib.util.spec_from_file_location("project_conftest", {path!r})
+project = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(project)
+project.BACKEND_INDEPENDENT.clear()
+project.BACKEND_INDEPENDENT["test_sample.py"] = {names!r}
+pytest_collection_modifyitems = project.pytest_collection_modifyitems
+pytest_addoption = project.pytest_addoption
+pytest_runtest_setup = project.pytest_runtest_setup
+pytest_runtest_call = project.pytest_runtest_call
+"""
+
+
+def _pytest(tmp_path, names, *args):
+    (tmp_path / "test_sample.py").write_text(SAMPLE)
+    (tmp_path / "conftest.py").write_text(
+        SAMPLE_CONFTEST.format(path=CONFTEST, names=set(names))
+    )
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nmarkers =\n    backend_independent: sample\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        # The numpy backend imports fastest; the audit covers every backend.
+        env={**os.environ, "KERAS_BACKEND": "numpy"},
+    )
+
+
+def test_listed_tests_are_marked_and_deselected(tmp_path):
+    names = {"test_numpy", "test_param"}
+    out = _pytest(tmp_path, names, "-q", "-m", "not backend_independent")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed, 3 deselected" in out.stdout
+    out = _pytest(tmp_path, names, "-q", "-m", "backend_independent")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 passed, 1 deselected" in out.stdout
+
+
+def test_a_listed_name_that_is_gone_stops_the_run(tmp_path):
+    out = _pytest(tmp_path, {"test_numpy", "test_renamed"}, "-q")
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert "test_renamed for test_sample.py" in out.stderr
+
+
+def test_audit_fails_a_listed_test_that_calls_the_backend(tmp_path):
+    out = _pytest(
+        tmp_path,
+        {"test_numpy", "test_keras_op"},
+        "-q",
+        "-m",
+        "backend_independent",
+        "--audit-backend-independent",
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "1 failed, 1 passed" in out.stdout
+    assert (
+        "test_sample.py::test_keras_op is marked backend_independent "
+        "but called the Keras backend" in out.stdout
+    )
