@@ -539,6 +539,15 @@ def test_keras_export_arguments_map_to_export_model(small_model):
     }
     options = export_options(small_model, "m.onnx", "onnx", opset_version=17)
     assert options == {"path": "m.onnx", "format": "onnx"}
+    # optimizations=[DEFAULT] with an explicit int8 quantization.
+    options = export_options(
+        small_model,
+        "m.tflite",
+        "litert",
+        optimizations=[tf.lite.Optimize.DEFAULT],
+        quantization="int8",
+    )
+    assert options["quantization"] == "int8"
 
 
 @pytest.mark.parametrize(
@@ -571,6 +580,15 @@ def test_keras_export_bad_litert_options(small_model, tmp_path):
     )
     with pytest.raises(ValueError, match="supported_ops"):
         small_model.export(path, format="litert", target_spec=select)
+    float16 = tf.lite.TargetSpec(supported_types=[tf.float16])
+    with pytest.raises(ValueError, match="contradicts"):
+        small_model.export(
+            path,
+            format="litert",
+            optimizations=default,
+            target_spec=float16,
+            quantization="int8",
+        )
     with pytest.raises(ValueError, match=r"\['allow_custom_ops'\]"):
         small_model.export(path, format="litert", allow_custom_ops=True)
     with pytest.raises(ValueError, match="end with '.tflite'"):

@@ -51,12 +51,13 @@ def _enum_name(value):
     return str(getattr(value, "value", value))
 
 
-def _litert_quantization(optimizations, target_spec):
+def _litert_quantization(optimizations, target_spec, quantization):
     """export_model's ``quantization`` for Keras' LiteRT converter options.
 
     ``optimizations=[tf.lite.Optimize.DEFAULT]`` with
     ``target_spec.supported_types=[tf.float16]`` is float16 quantization;
-    other combinations have no ``export_model`` equivalent.
+    ``optimizations`` alone goes with an explicit ``quantization``; other
+    combinations have no ``export_model`` equivalent.
     """
     import keras
 
@@ -88,16 +89,23 @@ def _litert_quantization(optimizations, target_spec):
                 f"{sorted(types)} is not supported. Expected [tf.float16] "
                 '(= quantization="float16") or nothing.'
             )
+    if types == {"float16"} and quantization not in (None, "float16"):
+        raise ValueError(
+            f"quantization={quantization!r} contradicts the LiteRT option "
+            "`target_spec.supported_types=[tf.float16]`."
+        )
     if not optimize:
-        if types:
+        if types and quantization is None:
             raise ValueError(
                 "LiteRT option `target_spec.supported_types=[tf.float16]` "
                 "needs `optimizations=[tf.lite.Optimize.DEFAULT]` "
                 '(or pass quantization="float16").'
             )
-        return None
+        return quantization
     if types == {"float16"}:
         return "float16"
+    if quantization is not None:
+        return quantization
     raise ValueError(
         "LiteRT option `optimizations=[tf.lite.Optimize.DEFAULT]` alone "
         "asks for dynamic-range quantization, which this export does not "
@@ -184,17 +192,11 @@ def export_options(model, filepath, format, input_signature=None, **kwargs):
                 f"'.tflite'. Received: {os.fspath(filepath)!r}"
             )
         if "optimizations" in kwargs or "target_spec" in kwargs:
-            quantization = _litert_quantization(
+            options["quantization"] = _litert_quantization(
                 kwargs.pop("optimizations", None),
                 kwargs.pop("target_spec", None),
+                options.get("quantization"),
             )
-            given = options.get("quantization")
-            if given is not None and quantization != given:
-                raise ValueError(
-                    f"quantization={given!r} contradicts the LiteRT options "
-                    f"`optimizations` / `target_spec` ({quantization!r})."
-                )
-            options["quantization"] = given or quantization
     if format == "onnx":
         opset = kwargs.pop("opset_version", None)
         if opset not in (None, ONNX_OPSET):
