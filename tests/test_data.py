@@ -570,3 +570,88 @@ def test_pipeline_feeds_model_fit(tmp_path):
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=segmentation_loss)
     history = model.fit(train, steps_per_epoch=2, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+# ------------------------------------------- data errors out of tf.data
+
+
+def _bad_label_files(tmp_path):
+    image = save(tmp_path / "a.png", np.zeros((32, 32, 3), np.uint8))
+    mask = save(tmp_path / "a_mask.png", np.full((32, 32), 9, np.uint8))
+    return [image], [mask]
+
+
+def _one_line_naming(error, path):
+    message = str(error)
+    assert str(path) in message and "num_classes=5" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert "keras-segformer-data-error" not in message  # the tag is gone
+    assert error.__cause__ is None and error.__suppress_context__
+
+
+def test_data_error_from_iteration_is_the_plain_message(tmp_path):
+    from keras_segformer.errors import DataError, data_errors
+
+    images, masks = _bad_label_files(tmp_path)
+    ds = data.make_dataset(
+        images, masks, batch_size=1, training=False, num_classes=5
+    )
+    with pytest.raises(Exception) as wrapped:
+        iterate(images, masks, batch_size=1, training=False, num_classes=5)
+    assert "Traceback" in str(wrapped.value)  # what TensorFlow gives alone
+    with pytest.raises(DataError) as info:
+        with data_errors():
+            for _ in ds:
+                pass
+    assert isinstance(info.value, ValueError)
+    _one_line_naming(info.value, masks[0])
+
+
+def test_data_error_from_model_fit_and_trainer(tmp_path):
+    from keras_segformer.errors import DataError, data_errors
+    from keras_segformer.training import SegFormerLoss, trainer
+
+    images, masks = _bad_label_files(tmp_path)
+    ds = data.make_dataset(
+        images,
+        masks,
+        batch_size=1,
+        training=True,
+        crop_size=32,
+        base_size=None,
+        num_classes=5,
+        repeat=True,
+    )
+    model = tiny_segformer(num_classes=5)
+    model.compile(optimizer="adam", loss=SegFormerLoss())
+    with pytest.raises(DataError) as info:
+        with data_errors():
+            model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0)
+    _one_line_naming(info.value, masks[0])
+    with pytest.raises(DataError) as info:
+        trainer.fit(
+            model,
+            ds,
+            out_dir=str(tmp_path / "run"),
+            epochs=1,
+            steps_per_epoch=1,
+            verbose=0,
+            warmup_steps=0,
+        )
+    _one_line_naming(info.value, masks[0])
+    eval_ds = data.make_dataset(
+        images, masks, batch_size=1, training=False, num_classes=5
+    )
+    with pytest.raises(DataError) as info:
+        trainer.evaluate(model, eval_ds, verbose=False)
+    _one_line_naming(info.value, masks[0])
+
+
+def test_data_errors_passes_other_errors_unchanged():
+    from keras_segformer.errors import data_errors
+
+    error = RuntimeError("a bug")
+    with pytest.raises(RuntimeError) as info:
+        with data_errors():
+            raise error
+    assert info.value is error
