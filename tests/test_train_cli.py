@@ -304,3 +304,34 @@ def test_train_init_from_a_transformers_directory(
         trained.backbone.get_weights(), reference.backbone.get_weights()
     ):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "flag, values, expected",
+    [
+        ("--steps", ["0"], "expected an int >= 1, got '0'"),
+        ("--epochs", ["0"], "expected an int >= 1, got '0'"),
+        ("--batch-size", ["0"], "expected an int >= 1, got '0'"),
+        ("--num-classes", ["0"], "expected an int >= 1, got '0'"),
+        ("--warmup-steps", ["-1"], "expected an int >= 0, got '-1'"),
+        ("--lr", ["-1"], "expected a number >= 0, got '-1'"),
+        ("--lr", ["nan"], "expected a number >= 0, got 'nan'"),
+        ("--crop-size", ["0"], "expected an int >= 1, got '0'"),
+        ("--crop-size", ["64", "64", "64"], "expected one size or two"),
+        ("--base-size", ["128", "0"], "expected an int >= 1, got '0'"),
+        ("--base-size", ["128"], "expected 2 arguments"),
+    ],
+)
+def test_train_refuses_bad_arguments(tmp_path, capsys, flag, values, expected):
+    args = ["train", "--num-classes", "3", "--images", "i", "--masks", "m"]
+    args += ["--out", str(tmp_path / "o"), flag, *values]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"keras-segformer train: error: argument {flag}: {expected}"
+        + (" (height width), got 64 64 64" if "two" in expected else "")
+    )
+    assert not (tmp_path / "o").exists()
