@@ -821,6 +821,28 @@ def test_wrong_shape_fails_and_assigns_nothing(checkpoints, tmp_path):
         np.testing.assert_array_equal(to_numpy(w), ref)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused(checkpoints, tmp_path, bad):
+    key = "backbone.block2.0.mlp.dwconv.dwconv.weight"
+
+    def poison(state):
+        w = state[key].clone()
+        w.view(-1)[3] = bad
+        state[key] = w
+
+    path = _write_variant(checkpoints, tmp_path, poison)
+    model = keras_segformer.build_segformer(7, decoder_hidden_size=16, **TINY)
+    before = [to_numpy(w) for w in model.weights]
+    with pytest.raises(
+        CheckpointError, match=r"non-finite.*block2\.0\.mlp\.dwconv"
+    ):
+        load_weights(model, path)
+    for w, ref in zip(model.weights, before):
+        np.testing.assert_array_equal(to_numpy(w), ref)
+    with pytest.raises(CheckpointError, match="NaN or inf"):
+        load_checkpoint(path, num_heads=HEADS)
+
+
 def test_fused_tensor_that_does_not_split(checkpoints, tmp_path):
     def odd(state):
         kv = state["backbone.block1.0.attn.kv.bias"]
@@ -985,3 +1007,125 @@ def test_mmseg_head_model_saves_and_loads(tmp_path):
         keras_segformer.build_segformer(
             4, decoder_hidden_size=8, head="fpn", **TINY
         )
+
+
+# ------------------------------------------- corrupt or hostile files
+
+
+def legacy_pth_claiming(path, numel, real=4):
+    """A legacy (torch < 1.6) torch.save file of one float tensor 'w' whose
+    size claims ``numel`` elements while ``real`` are stored."""
+    import collections
+    import struct
+
+    storage = object()
+
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj):
+            if obj is storage:
+                return ("storage", torch.FloatStorage, "0", "cpu", numel, None)
+            return None
+
+    class Tensor:
+        def __reduce__(self):
+            args = (
+                storage,
+                0,
+                (numel,),
+                (1,),
+                False,
+                collections.OrderedDict(),
+            )
+            return (torch._utils._rebuild_tensor_v2, args)
+
+    sys_info = {"protocol_version": 1001, "little_endian": True}
+    with open(path, "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, sys_info):
+            pickle.dump(header, f, protocol=2)
+        Writer(f, protocol=2).dump({"w": Tensor()})
+        pickle.dump(["0"], f, protocol=2)
+        f.write(struct.pack("<q", numel))
+        f.write(b"\0" * 4 * real)
+    return str(path)
+
+
+def test_legacy_file_claiming_a_huge_tensor_is_refused(tmp_path):
+    from keras_segformer.convert.pickle_reader import load_torch_file
+
+    ok = legacy_pth_claiming(tmp_path / "ok.pth", 4)
+    np.testing.assert_array_equal(read_state_dict(ok)["w"], np.zeros(4))
+    np.testing.assert_array_equal(load_torch_file(ok)["w"], np.zeros(4))
+    huge = legacy_pth_claiming(tmp_path / "huge.pth", 2**40)
+    # torch.load would try to allocate 4 TiB; the restricted reader too.
+    for read in (read_state_dict, load_torch_file):
+        with pytest.raises(CheckpointError) as info:
+            read(huge)
+        message = str(info.value)
+        assert repr(huge) in message and "'w'" in message
+        assert str(2**40) in message and "corrupt" in message
+
+
+def test_not_a_torch_file(tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        read_state_dict(str(text))
+
+
+def test_shard_index_must_stay_in_its_folder(tmp_path):
+    import json
+
+    from safetensors.numpy import save_file
+
+    outside = tmp_path / "x.safetensors"
+    save_file({"a": np.zeros(2, np.float32)}, str(outside))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_file({"b": np.ones(2, np.float32)}, str(folder / "s1.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    for shard in ("../x.safetensors", str(outside)):
+        weight_map = {"b": "s1.safetensors", "a": shard}
+        index.write_text(json.dumps({"weight_map": weight_map}))
+        with pytest.raises(CheckpointError, match="outside") as info:
+            read_state_dict(str(index))
+        assert repr(str(index)) in str(info.value)
+        assert "'a'" in str(info.value) and repr(shard) in str(info.value)
+    os.symlink(outside, folder / "link.safetensors")
+    index.write_text(json.dumps({"weight_map": {"a": "link.safetensors"}}))
+    with pytest.raises(CheckpointError, match="outside"):
+        read_state_dict(str(index))
+    for bad, match in (
+        ({"weight_map": {"a": "gone.safetensors"}}, "no such shard"),
+        ({"weight_map": {"a": "model.safetensors.index.json"}}, "shard"),
+        ({"weight_map": []}, "weight_map"),
+        ([1, 2], "weight_map"),
+    ):
+        index.write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match=match):
+            read_state_dict(str(index))
+    index.write_text(json.dumps({"weight_map": {"b": "s1.safetensors"}}))
+    assert list(read_state_dict(str(index))) == ["b"]
+
+
+def test_config_json_of_the_wrong_shape(tmp_path):
+    import json
+
+    from hf_utils import save_hf_model
+
+    save_hf_model(tmp_path, task="segmentation", num_labels=3, **HF_TINY)
+    config_path = tmp_path / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="JSON list"):
+        keras_segformer.from_pretrained(str(tmp_path))
+    with pytest.raises(CheckpointError, match="JSON list"):
+        load_checkpoint(str(tmp_path))
+    for field, value in (
+        ("depths", "1111"),
+        ("hidden_sizes", [8, 16, 24]),
+        ("num_labels", "3"),
+        ("id2label", ["a", "b", "c"]),
+    ):
+        config_path.write_text(json.dumps({**config, field: value}))
+        with pytest.raises(CheckpointError, match=field):
+            keras_segformer.from_pretrained(str(tmp_path))

@@ -626,11 +626,7 @@ def _sibling_config(path):
     config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
     if not os.path.isfile(config):
         return None
-    with open(config) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"Corrupt {config!r}: {e}") from e
+    return hf.read_config(config)
 
 
 def load_checkpoint(

@@ -182,11 +182,98 @@ def load_hf_weights(model, state_dict, *, backbone_only=False, source=None):
     return assign(plan, state_dict, skip=skip, source=source or "checkpoint")
 
 
+def read_config(path):
+    """Read a transformers ``config.json`` and check it is a JSON object.
+
+    Args:
+        path: str. The file.
+
+    Returns:
+        dict.
+    """
+    with open(path, "rb") as f:
+        try:
+            config = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"Corrupt {path!r}: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path!r} holds a JSON {type(config).__name__}; a transformers "
+            "config.json is a JSON object (SegformerConfig fields)."
+        )
+    return config
+
+
+_LIST_FIELDS = (
+    "depths",
+    "hidden_sizes",
+    "num_attention_heads",
+    "sr_ratios",
+    "patch_sizes",
+    "strides",
+    "mlp_ratios",
+)
+
+
+def _check_config_types(config):
+    """Refuse fields of the wrong JSON type, naming them."""
+    lengths = set()
+    for name in _LIST_FIELDS:
+        value = config[name]
+        kinds = (int, float) if name == "mlp_ratios" else int
+        if not isinstance(value, list) or not all(
+            isinstance(v, kinds) and not isinstance(v, bool) and v > 0
+            for v in value
+        ):
+            raise CheckpointError(
+                f"config.json field {name!r} must be a list of positive "
+                f"{'numbers' if name == 'mlp_ratios' else 'ints'}. "
+                f"Received: {value!r}"
+            )
+        lengths.add(len(value))
+    if len(lengths) != 1 or 0 in lengths:
+        raise CheckpointError(
+            "config.json fields "
+            + ", ".join(f"{n}={config[n]}" for n in _LIST_FIELDS)
+            + " must be lists of one length (one entry per stage)."
+        )
+    num_labels = config.get("num_labels")
+    if num_labels is not None and (
+        not isinstance(num_labels, int)
+        or isinstance(num_labels, bool)
+        or num_labels < 1
+    ):
+        raise CheckpointError(
+            "config.json field 'num_labels' must be a positive int. "
+            f"Received: {num_labels!r}"
+        )
+    id2label = config.get("id2label")
+    if id2label is not None and not isinstance(id2label, dict):
+        raise CheckpointError(
+            "config.json field 'id2label' must be an object {index: name}. "
+            f"Received: {type(id2label).__name__}"
+        )
+    for name in ("decoder_hidden_size", "num_channels"):
+        value = config.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise CheckpointError(
+                f"config.json field {name!r} must be a positive int. "
+                f"Received: {value!r}"
+            )
+
+
 def config_to_kwargs(config):
     """Map a transformers ``SegformerConfig`` dict to builder arguments.
 
     Returns ``(backbone_kwargs, head_kwargs)``.
     """
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            "A transformers config must be a dict (a JSON object). "
+            f"Received: {type(config).__name__}"
+        )
     act = config.get("hidden_act", "gelu")
     if act != "gelu":
         raise ValueError(
@@ -204,6 +291,7 @@ def config_to_kwargs(config):
     missing = [k for k in required if k not in config]
     if missing:
         raise ValueError(f"config.json lacks SegFormer fields {missing}.")
+    _check_config_types(config)
     backbone = {
         "depths": config["depths"],
         "hidden_sizes": config["hidden_sizes"],
@@ -314,11 +402,7 @@ def from_pretrained(
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"No config.json in {directory!r}.")
-    with open(config_path) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"Corrupt {config_path!r}: {e}") from e
+    config = read_config(config_path)
     weights = next(
         (
             os.path.join(directory, name)

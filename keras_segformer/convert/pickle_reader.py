@@ -188,7 +188,48 @@ def _decode(buffer, dtype, numel, byteorder, what):
     return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
-def _materialize(tensor, storages):
+def _itemsize(dtype):
+    return np.dtype("uint16" if dtype == "bfloat16" else dtype).itemsize
+
+
+def tensor_names(obj, depth=0, name=""):
+    """``{storage key: name of the first tensor using it}`` in ``obj``."""
+    names = {}
+    if depth > 100:
+        return names
+    if isinstance(obj, _LazyTensor):
+        names[obj.storage.key] = name or "<tensor>"
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            inner = f"{name}.{key}" if name else str(key)
+            for k, v in tensor_names(value, depth + 1, inner).items():
+                names.setdefault(k, v)
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            inner = f"{name}[{i}]" if name else f"[{i}]"
+            for k, v in tensor_names(value, depth + 1, inner).items():
+                names.setdefault(k, v)
+    return names
+
+
+class StorageSizeError(CheckpointError):
+    """A storage claims more bytes than the file holds."""
+
+
+def _check_claim(path, key, dtype, numel, available, names):
+    """Refuse a storage larger than the bytes left for it, before any
+    allocation (a corrupt size would otherwise ask for terabytes)."""
+    claimed = numel * _itemsize(dtype)
+    if claimed > available:
+        tensor = names.get(key, "?")
+        raise StorageSizeError(
+            f"Checkpoint {path!r}: tensor {tensor!r} (storage {key}) claims "
+            f"{numel} {dtype} elements ({claimed} bytes) but the file holds "
+            f"only {available} bytes for it: the file is corrupt."
+        )
+
+
+def _materialize(tensor, storages, name="<tensor>"):
     storage = tensor.storage
     flat = storages[storage.key]
     if storage.view is not None:
@@ -199,6 +240,13 @@ def _materialize(tensor, storages):
     size, stride, offset = tensor.size, tensor.stride, tensor.offset
     if 0 in size:
         return np.zeros(size, flat.dtype)
+    if int(np.prod(size, dtype=np.float64)) > flat.size:
+        # Only zero or overlapping strides fit more elements than their
+        # storage; a state dict has none, and the copy could be huge.
+        raise CheckpointError(
+            f"Tensor {name!r} of size {size} (stride {stride}) has more "
+            f"elements than its storage of {flat.size}: corrupt checkpoint."
+        )
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if offset < 0 or last >= flat.size:
         raise CheckpointError(
@@ -215,19 +263,23 @@ def _materialize(tensor, storages):
     return np.array(view)  # own, contiguous copy
 
 
-def _resolve(obj, storages, depth=0):
+def _resolve(obj, storages, depth=0, name=""):
     """Replace every ``_LazyTensor`` inside containers by a numpy array."""
     if depth > 100:
         raise CheckpointError("The pickle nests containers too deeply.")
     if isinstance(obj, _LazyTensor):
-        return _materialize(obj, storages)
+        return _materialize(obj, storages, name or "<tensor>")
     if isinstance(obj, dict):
         out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
         for key, value in obj.items():
-            out[key] = _resolve(value, storages, depth + 1)
+            inner = f"{name}.{key}" if name else str(key)
+            out[key] = _resolve(value, storages, depth + 1, inner)
         return out
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve(v, storages, depth + 1) for v in obj)
+        return type(obj)(
+            _resolve(v, storages, depth + 1, f"{name}[{i}]")
+            for i, v in enumerate(obj)
+        )
     if isinstance(obj, (_Storage, _StorageType)):
         raise CheckpointError("The pickle holds a bare storage.")
     return obj
@@ -271,10 +323,19 @@ def _load_zip(path):
             data = archive.read(pickles[0])
             obj = RestrictedUnpickler(io.BytesIO(data), storage_key).load()
             storages = {}
+            tensors = tensor_names(obj)
             for key, (dtype, numel) in wanted.items():
                 entry = f"{prefix}data/{key}"
                 if entry not in names:
                     raise CheckpointError(f"Storage {entry!r} is missing.")
+                _check_claim(
+                    path,
+                    key,
+                    dtype,
+                    numel,
+                    archive.getinfo(entry).file_size,
+                    tensors,
+                )
                 storages[key] = _decode(
                     archive.read(entry), dtype, numel, byteorder, entry
                 )
@@ -305,9 +366,13 @@ def _plain_load(f):
     return _NoGlobals(f).load()
 
 
-def _load_legacy(path):
+def _load_legacy(path, read_data=True):
     """The pre-1.6 format: header pickles, the object pickle, the list of
-    storage keys, then each storage as an int64 element count + bytes."""
+    storage keys, then each storage as an int64 element count + bytes.
+
+    With ``read_data=False`` only the sizes are checked (nothing returned).
+    """
+    file_size = os.path.getsize(path)
     with open(path, "rb") as f:
         try:
             magic = _plain_load(f)
@@ -337,6 +402,12 @@ def _load_legacy(path):
             if not isinstance(keys, list):
                 raise CheckpointError("Bad storage key list.")
             storages = {}
+            tensors = tensor_names(obj)
+            for key, (dtype, numel) in roots.items():
+                # torch allocates these sizes while unpickling.
+                _check_claim(
+                    path, key, dtype, numel, file_size - f.tell(), tensors
+                )
             for key in keys:
                 key = str(key)
                 if key not in roots:
@@ -346,15 +417,19 @@ def _load_legacy(path):
                 if len(header) != 8:
                     raise EOFError("storage header")
                 (numel,) = struct.unpack("<q", header)
-                itemsize = np.dtype(
-                    "uint16" if dtype == "bfloat16" else dtype
-                ).itemsize
                 if numel < 0:
                     raise CheckpointError(f"Bad storage size {numel}.")
-                buffer = f.read(numel * itemsize)
+                available = file_size - f.tell()
+                _check_claim(path, key, dtype, numel, available, tensors)
+                if not read_data:
+                    f.seek(numel * _itemsize(dtype), os.SEEK_CUR)
+                    continue
+                buffer = f.read(numel * _itemsize(dtype))
                 storages[key] = _decode(
                     buffer, dtype, numel, "little", f"{key!r}"
                 )
+            if not read_data:
+                return None
             missing = sorted(set(roots) - set(storages))
             if missing:
                 raise CheckpointError(f"Storages {missing} are missing.")
@@ -369,6 +444,33 @@ def _load_legacy(path):
                 f"Could not unpickle {path!r}: {type(e).__name__}: {e}"
             ) from e
     return _resolve(obj, storages)
+
+
+def check_legacy_sizes(path):
+    """Refuse a legacy ``torch.save`` file whose storages claim more bytes
+    than it holds (``torch.load`` would try to allocate them first).
+
+    Only size claims are judged here; anything else this reader refuses is
+    left to ``torch.load``. Zip-format and non-pickle files pass.
+
+    Args:
+        path: str. A ``.pth`` / ``.bin`` file.
+
+    Raises:
+        StorageSizeError: naming the file, the tensor and its claimed size.
+    """
+    path = os.fspath(path)
+    if zipfile.is_zipfile(path):
+        return
+    with open(path, "rb") as f:
+        if f.read(1) != b"\x80":
+            return
+    try:
+        _load_legacy(path, read_data=False)
+    except StorageSizeError:
+        raise
+    except CheckpointError:
+        pass
 
 
 def load_torch_file(path):

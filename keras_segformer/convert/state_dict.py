@@ -2,6 +2,7 @@
 
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -42,6 +43,17 @@ def _read_torch(path):
 
         obj = load_torch_file(path)
     else:
+        from keras_segformer.convert.pickle_reader import check_legacy_sizes
+
+        check_legacy_sizes(path)
+        with open(path, "rb") as f:
+            head = f.read(1)
+        if not zipfile.is_zipfile(path) and head != b"\x80":
+            # torch.load would fail with e.g. "KeyError: 101".
+            raise CheckpointError(
+                f"{path!r} is not a PyTorch checkpoint (torch.save writes a "
+                "zip archive or a pickle; this file is neither)."
+            )
         try:
             # weights_only=True: tensors and plain containers only; a pickle
             # that carries code is rejected instead of executed.
@@ -68,6 +80,47 @@ def _read_torch(path):
     return out
 
 
+def _shards(path):
+    """The shard files a ``*.index.json`` names, each checked to be a
+    weights file inside the index's folder."""
+    with open(path, "rb") as f:
+        try:
+            index = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"Corrupt index {path!r}: {e}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(
+            f'Index {path!r} has no "weight_map" object (tensor name -> '
+            "shard file)."
+        )
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    shards = {}
+    for tensor, shard in weight_map.items():
+        entry = f"Index {path!r}, entry {tensor!r}: {shard!r}"
+        if not isinstance(shard, str) or not shard:
+            raise CheckpointError(f"{entry} is not a file name.")
+        if os.path.isabs(shard) or ".." in shard.replace("\\", "/").split("/"):
+            raise CheckpointError(
+                f"{entry} points outside the index's folder; shards must be "
+                "files next to the index."
+            )
+        full = os.path.realpath(os.path.join(folder, shard))
+        if os.path.commonpath([full, folder]) != folder:
+            raise CheckpointError(
+                f"{entry} leads outside the index's folder (through a "
+                "link); shards must be files next to the index."
+            )
+        if not shard.endswith((".safetensors", ".bin")):
+            raise CheckpointError(
+                f"{entry} is not a .safetensors or .bin shard."
+            )
+        if not os.path.isfile(full):
+            raise CheckpointError(f"{entry}: no such shard file.")
+        shards.setdefault(full, tensor)
+    return sorted(shards)
+
+
 def read_state_dict(path):
     """Read a checkpoint file into ``{name: numpy array}``.
 
@@ -86,15 +139,9 @@ def read_state_dict(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file not found: {path!r}")
     if path.endswith(".index.json"):
-        with open(path) as f:
-            try:
-                index = json.load(f)
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"Corrupt index {path!r}: {e}") from e
-        folder = os.path.dirname(path)
         out = {}
-        for shard in sorted(set(index.get("weight_map", {}).values())):
-            out.update(read_state_dict(os.path.join(folder, shard)))
+        for shard in _shards(path):
+            out.update(read_state_dict(shard))
         return out
     if path.endswith(".safetensors"):
         return _read_safetensors(path)
