@@ -3,11 +3,25 @@
 Each sub-command lives in its own module of this package and exposes
 ``add_parser(subparsers)`` (which registers the sub-command and sets
 ``func`` on it). ``main`` wires them together.
+
+Errors: a user error (a bad argument, file, checkpoint or data sample)
+prints one line ``keras-segformer COMMAND: error: ...`` naming what is
+wrong and exits with status 2; ``--debug`` (or the environment variable
+``KERAS_SEGFORMER_DEBUG=1``) shows the full traceback instead. Any other
+exception is a bug and keeps its traceback. ``predict`` exits with status
+1 when some images of a folder could not be read (the others are written).
 """
 
 import argparse
 import importlib
+import os
 import sys
+
+# Errors the commands raise for bad input; they name the file or argument.
+# (CheckpointError and DataError are ValueErrors.)
+USER_ERRORS = (ValueError, TypeError, OSError)
+DEBUG_ENV = "KERAS_SEGFORMER_DEBUG"
+_DEBUG_HELP = f"show the full traceback of an error (or set {DEBUG_ENV}=1)"
 
 # Module name per sub-command, in the order shown by --help.
 COMMANDS = (
@@ -36,14 +50,50 @@ def build_parser():
                 continue  # not built yet
             raise
         module.add_parser(sub)
+    # Before or after the sub-command: `keras-segformer --debug train ...`
+    # and `keras-segformer train ... --debug`.
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help=_DEBUG_HELP,
+        )
     return parser
 
 
+def _debug(args):
+    if args.debug:
+        return True
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in (
+        "",
+        "0",
+        "false",
+        "no",
+    )
+
+
 def main(argv=None):
+    """Run the ``keras-segformer`` command line.
+
+    Args:
+        argv: list of str or None. Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        int. Exit status: 0 done, 1 some inputs skipped (``predict``), 2 a
+        user error (printed as one message).
+    """
+    from keras_segformer.errors import data_errors
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args) or 0
-    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
+        # A data error met inside tf.data comes out as its own message.
+        with data_errors():
+            return args.func(args) or 0
+    except USER_ERRORS as e:
+        if _debug(args):
+            raise
         print(f"keras-segformer {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -118,6 +118,8 @@ def run(args):
         )
     if not to_keras and os.path.isfile(out):
         raise ValueError(f"--out {out!r} is a file, not a directory.")
+    if to_keras and os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a directory, not a file name.")
     model = load_checkpoint(
         args.src,
         format=args.format,

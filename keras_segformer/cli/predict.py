@@ -3,7 +3,8 @@
 For each image ``NAME.ext`` it writes ``NAME_mask.png`` (class indices,
 read back with ``np.array(PIL.Image.open(...))``) and ``NAME_overlay.png``
 (the image blended with the class colours, plus a legend naming the
-classes present) into the output folder.
+classes present) into the output folder. Unreadable images of a folder
+are skipped, listed at the end, and make the exit status 1.
 
 Example:
     keras-segformer predict --model hf-b0-ade/ --input photos/ \\
@@ -13,6 +14,8 @@ Example:
 """
 
 import os
+import sys
+import tempfile
 
 import numpy as np
 
@@ -166,24 +169,66 @@ def resolve_palette(spec, model):
     return spec, names
 
 
+def check_output_dir(path):
+    """Create the output folder (with its parents) and check it is writable.
+
+    Args:
+        path: str. ``--output``.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--output {path!r} is a file, not a folder.")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test")
+        probe.close()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ValueError(
+            f"--output {path!r}: cannot write to this folder ({reason})."
+        ) from None
+
+
+def _read_images(paths):
+    """Decode what can be decoded; ``(images, kept indices, failures)``."""
+    from keras_segformer.inference import load_image
+
+    images, kept, failed = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_image(path))
+            kept.append(i)
+        except (ValueError, OSError) as e:
+            reason = str(e)
+            if path not in reason:
+                reason = f"{path}: {reason}"
+            failed.append(reason)
+    return images, kept, failed
+
+
 def run(args):
     """Run ``predict`` with parsed arguments.
 
+    An unreadable image of a folder does not stop the run: every other
+    image is written, then the unreadable ones are listed on stderr and
+    the exit status is 1. A single unreadable ``--input`` file is an error
+    (status 2, from ``main``).
+
     Args:
         args: ``argparse.Namespace`` from the ``predict`` parser.
+
+    Returns:
+        int. 0, or 1 when some images could not be read.
     """
     from keras_segformer.export import load_model
-    from keras_segformer.inference import (
-        Segmenter,
-        load_image,
-        save_prediction,
-    )
+    from keras_segformer.inference import Segmenter, save_prediction
 
     files = list_images(args.input)
+    single = os.path.isfile(args.input)
     if args.slide and args.crop_size is None:
         raise ValueError("--slide needs --crop-size H W.")
     if not args.slide and (args.crop_size or args.stride):
         raise ValueError("--crop-size and --stride are used with --slide.")
+    check_output_dir(args.output)
     model = load_model(args.model, args.variant, args.num_classes)
     segmenter = Segmenter(
         model,
@@ -201,22 +246,39 @@ def run(args):
 
         progress = keras.utils.Progbar(len(files), unit_name="image")
     stems = _output_stems(files)
+    failed = []
+    written = 0
     for start in range(0, len(files), args.batch_size):
         chunk = files[start : start + args.batch_size]
-        images = [load_image(f) for f in chunk]  # errors name the file
-        masks = segmenter.predict_mask(images)
-        for image, mask, stem in zip(
-            images, masks, stems[start : start + len(chunk)]
-        ):
-            save_prediction(
-                image,
-                np.asarray(mask),
-                args.output,
-                stem,
-                palette,
-                class_names,
-            )
+        if single:
+            from keras_segformer.inference import load_image
+
+            images, kept = [load_image(chunk[0])], [0]
+        else:
+            images, kept, unreadable = _read_images(chunk)
+            failed += unreadable
+        if images:
+            masks = segmenter.predict_mask(images)
+            for image, mask, i in zip(images, masks, kept):
+                save_prediction(
+                    image,
+                    np.asarray(mask),
+                    args.output,
+                    stems[start + i],
+                    palette,
+                    class_names,
+                )
+                written += 1
         if progress is not None:
             progress.add(len(chunk))
-    print(f"Wrote {2 * len(files)} files to {args.output}")
+    print(f"Wrote {2 * written} files to {args.output}")
+    if failed:
+        print(
+            f"keras-segformer predict: {len(failed)} of {len(files)} "
+            "images could not be read (no output for them):",
+            file=sys.stderr,
+        )
+        for reason in failed:
+            print(f"  {reason}", file=sys.stderr)
+        return 1
     return 0

@@ -2,6 +2,7 @@
 directory, or bare Keras weights plus the variant they belong to."""
 
 import os
+import zipfile
 
 import keras
 
@@ -9,6 +10,12 @@ _WEIGHT_SUFFIXES = (".weights.h5",)
 
 
 def _load_keras_file(path):
+    if not zipfile.is_zipfile(path):
+        # Keras would say "File not found" about a file that is there.
+        raise ValueError(
+            f"{path!r} is not a Keras model file: a .keras file is a zip "
+            "archive written by model.save; this one is corrupt or truncated."
+        )
     try:
         model = keras.saving.load_model(path)
     except Exception as e:

@@ -1,0 +1,368 @@
+"""User errors on the command line: one message naming the file or flag,
+exit status 2, no traceback (``--debug`` shows it); a bug keeps its
+traceback."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import tiny_segformer
+from PIL import Image
+
+from keras_segformer import cli
+
+# TensorFlow's C++ start-up log lines (absl format) are no part of the
+# message.
+_LOG_LINE = re.compile(r"^(WARNING: All log messages|[EWIF]\d{4} )")
+
+
+def _save_image(path, size=(32, 32)):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _save_mask(path, value=1, size=(32, 32)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.full(size, value, np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def keras_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    tiny_segformer(3).save(path)
+    return str(path)
+
+
+def run_cli(*argv):
+    """The real command in a fresh process: (status, message lines)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("KERAS_SEGFORMER_DEBUG", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_segformer", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    lines = [
+        line
+        for line in done.stderr.splitlines()
+        if line.strip() and not _LOG_LINE.match(line)
+    ]
+    return done.returncode, lines
+
+
+def _short_error(lines, *names):
+    text = "\n".join(lines)
+    assert "Traceback" not in text, text
+    errors = [line for line in lines if ": error: " in line]
+    assert len(errors) == 1, text
+    for name in names:
+        assert str(name) in errors[0], text
+    return errors[0]
+
+
+# ------------------------------------------------- fresh processes
+
+
+def test_evaluate_bad_label_in_tf_data_is_one_line(keras_file, tmp_path):
+    _save_image(str(tmp_path / "img" / "a.png"))
+    mask = _save_mask(str(tmp_path / "ann" / "a.png"), value=9)
+    status, lines = run_cli(
+        "evaluate",
+        "--model",
+        keras_file,
+        "--images",
+        str(tmp_path / "img"),
+        "--masks",
+        str(tmp_path / "ann"),
+    )
+    assert status == 2
+    line = _short_error(lines, mask, "num_classes=3")
+    assert line.startswith("keras-segformer evaluate: error: Mask file")
+    assert len(lines) <= 3, lines
+
+
+def test_predict_folder_writes_what_it_can(keras_file, tmp_path):
+    folder = tmp_path / "in"
+    _save_image(str(folder / "a.png"))
+    _save_image(str(folder / "c.png"), size=(40, 36))
+    truncated = folder / "b.png"
+    truncated.write_bytes((folder / "a.png").read_bytes()[:60])
+    text = folder / "d.jpg"
+    text.write_text("not an image")
+    out = tmp_path / "out"
+    status, lines = run_cli(
+        "predict",
+        "--model",
+        keras_file,
+        "--input",
+        str(folder),
+        "--output",
+        str(out),
+        "--batch-size",
+        "4",
+    )
+    assert status == 1, lines
+    assert sorted(os.listdir(out)) == [
+        "a_mask.png",
+        "a_overlay.png",
+        "c_mask.png",
+        "c_overlay.png",
+    ]
+    assert np.array(Image.open(out / "c_mask.png")).shape == (40, 36)
+    text_lines = "\n".join(lines)
+    assert "Traceback" not in text_lines
+    assert "2 of 4 images could not be read" in text_lines
+    listed = [line for line in lines if line.startswith("  ")]
+    assert len(listed) == 2
+    assert str(truncated) in listed[0] and "truncated" in listed[0]
+    assert str(text) in listed[1]
+
+
+def test_convert_config_json_list_is_one_line(tmp_path):
+    from hf_utils import HF_TINY, save_hf_model
+
+    save_hf_model(tmp_path, task="segmentation", num_labels=3, **HF_TINY)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    status, lines = run_cli(
+        "convert", str(tmp_path), "--out", str(tmp_path / "m.keras")
+    )
+    assert status == 2
+    _short_error(lines, tmp_path / "config.json", "JSON list")
+    assert not (tmp_path / "m.keras").exists()
+
+
+# ------------------------------------------------------- in process
+
+
+def _main(capsys, *argv):
+    status = cli.main(list(argv))
+    return status, capsys.readouterr().err
+
+
+def test_train_bad_mask_size_in_tf_data(tmp_path, capsys):
+    image = _save_image(str(tmp_path / "img" / "a.png"))
+    _save_mask(str(tmp_path / "ann" / "a.png"), size=(32, 30))
+    status, err = _main(
+        capsys,
+        "train",
+        "--num-classes",
+        "3",
+        "--images",
+        str(tmp_path / "img"),
+        "--masks",
+        str(tmp_path / "ann"),
+        "--epochs",
+        "1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--crop-size",
+        "32",
+        "--base-size",
+        "32",
+        "32",
+        "--warmup-steps",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert status == 2, err
+    line = _short_error(err.splitlines(), image, "32x30")
+    assert line.startswith("keras-segformer train: error: Image file")
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text"])
+def test_evaluate_unreadable_image(kind, keras_file, tmp_path, capsys):
+    image = tmp_path / "img" / "a.png"
+    _save_image(str(image))
+    _save_mask(str(tmp_path / "ann" / "a.png"))
+    if kind == "truncated":
+        image.write_bytes(image.read_bytes()[:60])
+    else:
+        image.write_text("hello")
+    status, err = _main(
+        capsys,
+        "evaluate",
+        "--model",
+        keras_file,
+        "--images",
+        str(tmp_path / "img"),
+        "--masks",
+        str(tmp_path / "ann"),
+    )
+    assert status == 2
+    _short_error(err.splitlines(), image)
+
+
+def test_evaluate_images_without_masks(keras_file, tmp_path, capsys):
+    image = _save_image(str(tmp_path / "img" / "a.png"))
+    (tmp_path / "ann").mkdir()
+    status, err = _main(
+        capsys,
+        "evaluate",
+        "--model",
+        keras_file,
+        "--images",
+        str(tmp_path / "img"),
+        "--masks",
+        str(tmp_path / "ann"),
+    )
+    assert status == 2
+    _short_error(err.splitlines(), image, "no mask")
+
+
+def test_corrupt_keras_file(tmp_path, capsys):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"garbage" * 10)
+    _save_image(str(tmp_path / "in" / "a.png"))
+    status, err = _main(
+        capsys,
+        "predict",
+        "--model",
+        str(bad),
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert status == 2
+    _short_error(err.splitlines(), bad)
+
+
+def test_predict_output_that_is_not_a_folder(keras_file, tmp_path, capsys):
+    image = _save_image(str(tmp_path / "a.png"))
+    for output in (image, os.path.join(image, "sub")):
+        status, err = _main(
+            capsys,
+            "predict",
+            "--model",
+            keras_file,
+            "--input",
+            image,
+            "--output",
+            output,
+        )
+        assert status == 2
+        _short_error(err.splitlines(), repr(output))
+
+
+def test_predict_single_unreadable_file_is_an_error(
+    keras_file, tmp_path, capsys
+):
+    text = tmp_path / "a.png"
+    text.write_text("hello")
+    status, err = _main(
+        capsys,
+        "predict",
+        "--model",
+        keras_file,
+        "--input",
+        str(text),
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert status == 2
+    _short_error(err.splitlines(), text)
+
+
+def test_nonexistent_paths(keras_file, tmp_path, capsys):
+    missing = str(tmp_path / "nope")
+    cases = [
+        ("predict", "--model", missing, "--input", keras_file, "--output", "o"),
+        ("predict", "--model", keras_file, "--input", missing, "--output", "o"),
+        (
+            "evaluate",
+            "--model",
+            keras_file,
+            "--images",
+            missing,
+            "--masks",
+            "m",
+        ),
+        ("convert", missing, "--out", str(tmp_path / "m.keras")),
+        ("export", "--model", missing, "--format", "onnx", "--out", "x.onnx"),
+    ]
+    for argv in cases:
+        status, err = _main(capsys, *argv)
+        assert status == 2, argv
+        _short_error(err.splitlines(), missing)
+
+
+def test_convert_folder_errors(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status, err = _main(capsys, "convert", str(empty), "--out", "m.keras")
+    assert status == 2
+    _short_error(err.splitlines(), repr(str(empty)), "No weights")
+    text = tmp_path / "text.pth"
+    text.write_text("hello")
+    status, err = _main(capsys, "convert", str(text), "--out", "m.keras")
+    assert status == 2
+    _short_error(err.splitlines(), repr(str(text)), "not a PyTorch")
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    missing = str(tmp_path / "nope.pth")
+    argv = ["convert", missing, "--out", str(tmp_path / "m.keras")]
+    with pytest.raises(FileNotFoundError):
+        cli.main([*argv, "--debug"])
+    with pytest.raises(FileNotFoundError):
+        cli.main(["--debug", *argv])
+    monkeypatch.setenv("KERAS_SEGFORMER_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        cli.main(argv)
+    monkeypatch.setenv("KERAS_SEGFORMER_DEBUG", "0")
+    assert cli.main(argv) == 2
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    from keras_segformer.cli import convert
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    parser = cli.build_parser
+    monkeypatch.setattr(
+        cli,
+        "build_parser",
+        lambda: _with_func(parser(), "convert", broken),
+    )
+    assert convert.run is not broken
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["convert", "x.pth", "--out", "m.keras"])
+
+
+def _with_func(parser, command, func):
+    for action in parser._subparsers._group_actions:
+        action.choices[command].set_defaults(func=func)
+    return parser
+
+
+def test_directory_given_as_an_output_file(keras_file, tmp_path, capsys):
+    folder = tmp_path / "m.keras"
+    folder.mkdir()
+    status, err = _main(capsys, "convert", "x.pth", "--out", str(folder))
+    assert status == 2
+    _short_error(err.splitlines(), repr(str(folder)), "directory")
+    status, err = _main(
+        capsys,
+        "export",
+        "--model",
+        keras_file,
+        "--format",
+        "onnx",
+        "--out",
+        str(tmp_path),
+    )
+    assert status == 2
+    _short_error(err.splitlines(), str(tmp_path), "directory")
