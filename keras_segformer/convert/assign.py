@@ -74,7 +74,8 @@ def assign(plan, state_dict, *, skip=(), optional=(), source="checkpoint"):
     Every source tensor must be used exactly once or be named in ``skip``
     (exact keys or key prefixes); every plan entry must find its tensor
     unless its key starts with a prefix in ``optional``. Every copy checks
-    the shape. Nothing is assigned unless everything checks out.
+    the shape and that every value is finite (a NaN or inf weight is
+    refused). Nothing is assigned unless everything checks out.
 
     Args:
         plan: list of ``(key, variable, transform_name)``.
@@ -90,7 +91,7 @@ def assign(plan, state_dict, *, skip=(), optional=(), source="checkpoint"):
     skip = tuple(skip)
     optional = tuple(optional)
     report = LoadReport()
-    staged, missing, mismatched = [], [], []
+    staged, missing, mismatched, non_finite = [], [], [], []
     seen = set()
     for key, variable, transform in plan:
         if key in seen:
@@ -108,6 +109,13 @@ def assign(plan, state_dict, *, skip=(), optional=(), source="checkpoint"):
                 f"{key}: checkpoint {tuple(state_dict[key].shape)} -> "
                 f"{tuple(value.shape)}, model {variable.path} expects "
                 f"{tuple(variable.shape)}"
+            )
+            continue
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            bad = value[~np.isfinite(value)]
+            non_finite.append(
+                f"{key} ({bad.size} of {value.size} values are NaN or inf, "
+                f"e.g. {bad.flat[0]})"
             )
             continue
         staged.append((key, variable, value))
@@ -135,6 +143,12 @@ def assign(plan, state_dict, *, skip=(), optional=(), source="checkpoint"):
     if mismatched:
         problems.append(
             f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched[:5])
+        )
+    if non_finite:
+        problems.append(
+            f"{len(non_finite)} tensors with non-finite values: "
+            + "; ".join(non_finite[:5])
+            + (" ..." if len(non_finite) > 5 else "")
         )
     if problems:
         raise CheckpointError(
