@@ -1,16 +1,19 @@
 """Find, pair and decode image / mask files (Python + PIL, no TensorFlow).
 
-Decoding goes through PIL rather than ``tf.io.decode_*`` for three reasons:
-palette ("P" mode) masks must be read as their indices (TensorFlow expands
-the palette to RGB), 16-bit masks must keep their ids, and every error must
-name the file that caused it (TensorFlow's decode errors do not).
+Decoding goes through PIL (``keras_segformer.decode``, shared with
+inference) rather than ``tf.io.decode_*``: palette ("P" mode) masks must
+be read as their indices (TensorFlow expands the palette to RGB), 16-bit
+masks must keep their ids, EXIF orientation must be applied as inference
+does, and every error must name the file that caused it (TensorFlow's
+decode errors do not).
 """
 
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from keras_segformer import decode
 
 IGNORE_INDEX = 255
 
@@ -18,70 +21,44 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Lossy formats would invent ids at region borders, so masks are lossless.
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 
-# PIL modes whose pixels are class ids as they are. "P" gives the palette
-# indices, which is how palette-encoded masks (VOC, ADE's renders) store ids.
-_SINGLE_CHANNEL_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
-
 
 def read_image(path):
     """Decode an image file to a ``uint8`` RGB array of shape ``(H, W, 3)``.
 
-    Grayscale, palette and RGBA images are converted to RGB (alpha dropped).
-    EXIF orientation is not applied (neither transformers nor mmseg does).
+    ``keras_segformer.decode.decode_image``, the decoder inference uses
+    too: EXIF orientation applied, 16-bit grayscale reduced to 8 bits
+    (``>> 8``), transparency composited onto white.
 
     Args:
         path: str or PathLike. Image file.
     """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            return np.asarray(img, dtype=np.uint8)
-    except Exception as e:
-        raise ValueError(f"Cannot read image file {path}: {e}") from e
+    return decode.decode_image(path)
 
 
 def read_mask(path):
     """Decode a single-channel class-id mask to an ``int32`` ``(H, W)`` array.
 
-    Accepted: 8/16-bit grayscale PNGs whose values are class ids and palette
-    ("P" mode) PNGs whose palette indices are the class ids.
+    Accepted: 8/16-bit grayscale PNGs whose values are class ids (16-bit
+    values are kept, not scaled) and palette ("P" mode) PNGs whose
+    palette indices are the class ids. EXIF orientation is applied, as for
+    images (``keras_segformer.decode.decode_mask``).
 
     Args:
         path: str or PathLike. Mask file.
     """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in _SINGLE_CHANNEL_MODES:
-                mask = np.asarray(img)
-    except Exception as e:
-        raise ValueError(f"Cannot read mask file {path}: {e}") from e
-    if mode not in _SINGLE_CHANNEL_MODES:
-        raise ValueError(
-            f"Mask file {path} has PIL mode {mode!r}: a mask must be a "
-            "single-channel image of class ids (mode 'L' or 'I;16') or a "
-            "palette image (mode 'P') whose indices are the class ids. "
-            "Convert color-coded masks to class ids first."
-        )
-    return mask.astype(np.int32)
+    return decode.decode_mask(path)
 
 
 def image_size(path, kind="image"):
     """Return ``(height, width, mode)`` of an image file from its header.
 
+    The size is the decoded (EXIF-upright) one.
+
     Args:
         path: str or PathLike. Image or mask file.
         kind: str. ``"image"`` or ``"mask"``, used in error messages.
     """
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            return height, width, img.mode
-    except Exception as e:
-        raise ValueError(f"Cannot read {kind} file {path}: {e}") from e
+    return decode.upright_size(path, kind)
 
 
 class LabelTransform:
@@ -135,6 +112,14 @@ class LabelTransform:
             ignored = (label == 0) | (label == IGNORE_INDEX)
             label = np.where(ignored, IGNORE_INDEX, label - 1)
             label = label.astype(np.int32)
+        if label.size and label.max() > IGNORE_INDEX:
+            values = np.unique(label[label > IGNORE_INDEX])
+            raise ValueError(
+                f"Mask file {path} has label values {values[:10].tolist()} "
+                f"> {IGNORE_INDEX} (after reduce_labels, label_map): 16-bit "
+                "masks hold class ids as they are (they are not scaled); "
+                "map larger ids with `label_map`."
+            )
         if self.num_classes is not None:
             bad = (label >= self.num_classes) & (label != IGNORE_INDEX)
             if bad.any():

@@ -32,6 +32,12 @@ import os
 import numpy as np
 from PIL import Image, ImageOps
 
+from keras_segformer.decode import (
+    decode_image,
+    decode_mask,
+    pil_to_mask,
+    pil_to_rgb,
+)
 from keras_segformer.layers.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from keras_segformer.layers.resize import source_indices
 
@@ -41,21 +47,6 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
-
-
-def _pil_to_rgb(image):
-    # Transparency is composited onto white, as transformers'
-    # `convert_to_rgb` does; other modes use PIL's own conversion.
-    has_alpha = (
-        "A" in image.getbands() or image.info.get("transparency") is not None
-    )
-    if has_alpha:
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image).convert("RGB")
-    elif image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.array(image, dtype=np.uint8)
 
 
 def _array_to_rgb(image):
@@ -90,8 +81,10 @@ def load_image(image):
 
     Grayscale is replicated to three channels; an alpha channel (or a
     palette transparency) is composited onto a white background, as
-    transformers' ``convert_to_rgb`` does. Files are read with PIL and
-    turned upright according to their EXIF orientation.
+    transformers' ``convert_to_rgb`` does. Files and PIL images go through
+    ``keras_segformer.decode``, the decoder of the training pipeline too:
+    turned upright according to their EXIF orientation, 16-bit grayscale
+    reduced to 8 bits (``>> 8``).
 
     Args:
         image: str or path-like (an image file), ``PIL.Image.Image``, or
@@ -105,17 +98,9 @@ def load_image(image):
         path = os.fspath(image)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Image file not found: {path!r}")
-        try:
-            with Image.open(path) as opened:
-                pil = ImageOps.exif_transpose(opened)
-                pil.load()
-        except (OSError, ValueError, SyntaxError) as error:
-            raise ValueError(
-                f"Could not read image file {path!r}: {error}"
-            ) from error
-        return _pil_to_rgb(pil)
+        return decode_image(path)
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(image)
+        return pil_to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image)
     raise TypeError(
@@ -309,22 +294,19 @@ def load_label(label):
 
     Args:
         label: path to a single-channel image (mode ``L``, ``P``, ``I`` or
-            ``I;16``: palette PNGs give their indices), a PIL image, or an
-            integer numpy array ``(H, W)`` / ``(H, W, 1)``.
+            ``I;16``: palette PNGs give their indices, 16-bit values are
+            kept), a PIL image, or an integer numpy array ``(H, W)`` /
+            ``(H, W, 1)``. Files and PIL images are decoded as the
+            training pipeline does (``keras_segformer.decode``, EXIF
+            orientation applied).
     """
     if isinstance(label, (str, os.PathLike)):
         path = os.fspath(label)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Label file not found: {path!r}")
-        try:
-            with Image.open(path) as opened:
-                label = np.array(opened)
-        except (OSError, ValueError, SyntaxError) as error:
-            raise ValueError(
-                f"Could not read label file {path!r}: {error}"
-            ) from error
+        label = decode_mask(path)
     elif isinstance(label, Image.Image):
-        label = np.array(label)
+        label = pil_to_mask(ImageOps.exif_transpose(label), "Label")
     elif not isinstance(label, np.ndarray):
         raise TypeError(
             "`label` must be a file path, a PIL image or an integer numpy "
