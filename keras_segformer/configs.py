@@ -137,7 +137,96 @@ def validate_backbone_config(
                 f"hidden_sizes[{stage}]={size} is not divisible by "
                 f"num_heads[{stage}]={heads}."
             )
+        ratio = out["mlp_ratios"][stage]
+        if int(size * ratio) < 1:
+            raise ValueError(
+                f"mlp_ratios[{stage}]={ratio} gives a Mix-FFN of "
+                f"int({size} * {ratio}) = 0 channels."
+            )
     return out
+
+
+def check_positive_int(value, name):
+    """Return ``value`` as an int; ``TypeError`` / ``ValueError`` unless it
+    is a positive integer (``True`` and ``2.5`` are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`{name}` must be a positive integer. Received: {value!r}"
+        )
+    if value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {value!r}"
+        )
+    return int(value)
+
+
+def check_rate(value, name):
+    """Return ``value`` as a float; ``ValueError`` unless it is in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a float in [0, 1). Received: {value!r}"
+        )
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1). Received: {value!r}")
+    return float(value)
+
+
+def validate_backbone_options(
+    drop_path_rate,
+    dropout,
+    attention_dropout,
+    layer_norm_epsilon,
+    input_shape,
+    include_preprocessing,
+):
+    """Check the MiT options that are not per-stage lists.
+
+    Returns ``input_shape`` as a tuple (entries int or None).
+    """
+    check_rate(drop_path_rate, "drop_path_rate")
+    check_rate(dropout, "dropout")
+    check_rate(attention_dropout, "attention_dropout")
+    if (
+        isinstance(layer_norm_epsilon, bool)
+        or not isinstance(layer_norm_epsilon, numbers.Real)
+        or not layer_norm_epsilon > 0
+    ):
+        raise ValueError(
+            "`layer_norm_epsilon` must be a positive float. Received: "
+            f"{layer_norm_epsilon!r}"
+        )
+    if not isinstance(include_preprocessing, bool):
+        raise TypeError(
+            "`include_preprocessing` must be True or False. Received: "
+            f"{include_preprocessing!r}"
+        )
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if shape is None or len(shape) != 3:
+        raise ValueError(
+            "`input_shape` must be (height, width, channels). "
+            f"Received: {input_shape!r}"
+        )
+    for n in shape:
+        if n is not None and (
+            isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1
+        ):
+            raise ValueError(
+                "`input_shape` entries must be positive integers or None. "
+                f"Received: {input_shape!r}"
+            )
+    if shape[2] is None:
+        raise ValueError(
+            f"`input_shape` must give the channels. Received: {input_shape!r}"
+        )
+    if include_preprocessing and shape[2] != 3:
+        raise ValueError(
+            "`include_preprocessing=True` normalizes RGB (3 channels). "
+            f"Received input_shape={input_shape!r}"
+        )
+    return tuple(None if n is None else int(n) for n in shape)
 
 
 def min_input_size(patch_sizes, strides, sr_ratios):

@@ -54,6 +54,13 @@ def slide_windows(height, width, crop_size, stride):
     return windows
 
 
+def _image_list(images):
+    images, is_batch = as_image_list(images)
+    if not images:
+        raise ValueError("`images` is empty: pass at least one image.")
+    return images, is_batch
+
+
 def _softmax(x):
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
@@ -197,6 +204,18 @@ class Segmenter:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.resample = resample
+        backbone = getattr(model, "backbone", None)
+        self.min_input_size = getattr(backbone, "min_input_size", None)
+        if (
+            mode == "slide"
+            and self.min_input_size is not None
+            and min(crop_size) < self.min_input_size
+        ):
+            m = self.min_input_size
+            raise ValueError(
+                f"`crop_size` {crop_size} is too small: the model needs at "
+                f"least {m}x{m} pixels."
+            )
 
     # -- model calls -------------------------------------------------------
 
@@ -249,6 +268,19 @@ class Segmenter:
         out[: x.shape[0], : x.shape[1]] = x
         return out
 
+    def _check_view(self, size, scale, image_size):
+        # Slide windows padded to the crop never go below the crop size.
+        m = self.min_input_size
+        if m is None or (self.mode == "slide" and self.pad_to_crop):
+            return
+        if min(size) < m:
+            raise ValueError(
+                f"scale {scale} (size={self.size}) resizes the "
+                f"{image_size[0]}x{image_size[1]} image to "
+                f"{size[0]}x{size[1]}: the model needs at least {m}x{m} "
+                "pixels."
+            )
+
     def _views(self, rgb):
         height, width = rgb.shape[:2]
         views = []
@@ -261,6 +293,7 @@ class Segmenter:
                 self.max_size,
                 self.size_divisor,
             )
+            self._check_view(size, scale, (height, width))
             x = self._model_input(resize_image(rgb, size, self.resample))
             views.append((False, x))
             if self.flip:
@@ -361,7 +394,7 @@ class Segmenter:
             float32 array ``(H, W, classes)`` for one image, a list of them
             for a list.
         """
-        images, is_batch = as_image_list(images)
+        images, is_batch = _image_list(images)
         out = list(self._iter_logits(images))
         return out if is_batch else out[0]
 
@@ -374,7 +407,7 @@ class Segmenter:
         Returns:
             int32 array ``(H, W)`` for one image, a list of them for a list.
         """
-        images, is_batch = as_image_list(images)
+        images, is_batch = _image_list(images)
         out = [logits_to_mask(x) for x in self._iter_logits(images)]
         return out if is_batch else out[0]
 

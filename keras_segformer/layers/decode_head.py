@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_segformer.configs import check_positive_int, check_rate
 from keras_segformer.layers import fast
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.resize import resize_bilinear
@@ -34,6 +35,11 @@ class SegFormerHead(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        num_classes = check_positive_int(num_classes, "num_classes")
+        decoder_hidden_size = check_positive_int(
+            decoder_hidden_size, "decoder_hidden_size"
+        )
+        dropout = check_rate(dropout, "dropout")
         self.num_classes = num_classes
         self.decoder_hidden_size = decoder_hidden_size
         self.dropout_rate = dropout

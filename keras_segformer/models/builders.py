@@ -6,7 +6,11 @@ field; a ``variant`` fills in the fields not given. The named builders
 ``keras_segformer.configs.VARIANTS``.
 """
 
-from keras_segformer.configs import BACKBONE_FIELDS, variant_config
+from keras_segformer.configs import (
+    BACKBONE_FIELDS,
+    check_rate,
+    variant_config,
+)
 from keras_segformer.models.mit import MiTBackbone
 from keras_segformer.models.segformer import MiTClassifier, SegFormer
 
@@ -75,7 +79,9 @@ def _split_backbone_kwargs(kwargs):
     }
     backbone = {k: kwargs.pop(k) for k in list(kwargs) if k in keys}
     if "hidden_dropout" in backbone:
-        backbone["dropout"] = backbone.pop("hidden_dropout")
+        backbone["dropout"] = check_rate(
+            backbone.pop("hidden_dropout"), "hidden_dropout"
+        )
     return backbone
 
 

@@ -2,7 +2,11 @@
 
 import keras
 
-from keras_segformer.configs import min_input_size, validate_backbone_config
+from keras_segformer.configs import (
+    min_input_size,
+    validate_backbone_config,
+    validate_backbone_options,
+)
 from keras_segformer.layers import (
     ImageNormalization,
     InputCheck,
@@ -83,12 +87,14 @@ class MiTBackbone(keras.Model):
             strides,
             mlp_ratios,
         )
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 3:
-            raise ValueError(
-                "`input_shape` must be (height, width, channels). "
-                f"Received: {input_shape}"
-            )
+        input_shape = validate_backbone_options(
+            drop_path_rate,
+            dropout,
+            attention_dropout,
+            layer_norm_epsilon,
+            input_shape,
+            include_preprocessing,
+        )
         min_size = min_input_size(
             cfg["patch_sizes"], cfg["strides"], cfg["sr_ratios"]
         )

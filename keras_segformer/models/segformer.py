@@ -3,8 +3,10 @@
 import keras
 import numpy as np
 
+from keras_segformer.configs import check_positive_int
 from keras_segformer.layers import MMSegSegFormerHead, SegFormerHead
 from keras_segformer.layers.init import kernel_init
+from keras_segformer.layers.input_check import ImageInputChecks
 from keras_segformer.models.mit import MiTBackbone
 
 # Decode head layer per ``SegFormer(head=...)``.
@@ -30,7 +32,7 @@ def _is_array(x):
     return isinstance(x, np.ndarray) or keras.ops.is_tensor(x)
 
 
-class _TaskModel(keras.Model):
+class _TaskModel(ImageInputChecks, keras.Model):
     """Shared plumbing of the task models: labels, compile defaults and
     (de)serialization."""
 
@@ -186,11 +188,7 @@ class SegFormer(_TaskModel):
                 "`backbone` must be a keras_segformer.MiTBackbone. "
                 f"Received: {type(backbone).__name__}"
             )
-        if int(num_classes) < 1:
-            raise ValueError(
-                f"`num_classes` must be >= 1. Received: {num_classes}"
-            )
-        num_classes = int(num_classes)
+        num_classes = check_positive_int(num_classes, "num_classes")
         id2label = _label_maps(id2label, num_classes)
         inputs = keras.Input(shape=backbone.image_shape, name="images")
         features = backbone(inputs)
@@ -245,7 +243,7 @@ class MiTClassifier(_TaskModel):
                 "`backbone` must be a keras_segformer.MiTBackbone. "
                 f"Received: {type(backbone).__name__}"
             )
-        num_classes = int(num_classes)
+        num_classes = check_positive_int(num_classes, "num_classes")
         id2label = _label_maps(id2label, num_classes)
         inputs = keras.Input(shape=backbone.image_shape, name="images")
         last = backbone(inputs)[-1]
