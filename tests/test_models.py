@@ -323,7 +323,9 @@ def test_bad_id2label():
 
 def test_compiled_model_reloads_compiled(tmp_path):
     model = tiny_segformer(num_classes=3)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="mse")
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3), loss="mse", metrics=None
+    )
     x = np.zeros((1, 32, 32, 3), "float32")
     model.train_on_batch(x, np.zeros((1, 8, 8, 3), "float32"))
     model.save(tmp_path / "c.keras")

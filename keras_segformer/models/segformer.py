@@ -8,6 +8,13 @@ from keras_segformer.layers import MMSegSegFormerHead, SegFormerHead
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.input_check import ImageInputChecks
 from keras_segformer.models.mit import MiTBackbone
+from keras_segformer.training.distribute import (
+    num_replicas,
+    synchronize_batch_norm,
+)
+from keras_segformer.training.losses import SegFormerLoss
+from keras_segformer.training.metrics import ConfusionMatrix, MeanIoU
+from keras_segformer.training.optimizer import grouped_adamw
 
 # Decode head layer per ``SegFormer(head=...)``.
 HEADS = {"mlp": SegFormerHead, "mmseg": MMSegSegFormerHead}
@@ -32,22 +39,127 @@ def _is_array(x):
     return isinstance(x, np.ndarray) or keras.ops.is_tensor(x)
 
 
+def _is_auto(value):
+    return isinstance(value, str) and value == "auto"
+
+
+def _foreign_objectives(loss, metrics):
+    """Names of the losses and metrics that score logits as they are
+    (at 1/4 of the image size), unlike ``SegFormerLoss`` and this
+    project's confusion-matrix metrics, which upsample them first."""
+    names = []
+    for obj in keras.tree.flatten(loss):
+        if obj is not None and not isinstance(obj, SegFormerLoss):
+            names.append(getattr(obj, "name", None) or repr(obj))
+    for obj in keras.tree.flatten(metrics):
+        if obj is not None and not isinstance(obj, ConfusionMatrix):
+            names.append(getattr(obj, "name", None) or repr(obj))
+    return names
+
+
+def _static_hw(tensor, rank):
+    shape = getattr(tensor, "shape", None)
+    if shape is None or len(shape) != rank:
+        return None
+    hw = tuple(shape[1:3])
+    return None if None in hw else tuple(int(d) for d in hw)
+
+
+def _check_label_size(y, y_pred, objectives):
+    """Stop a step whose per-pixel labels do not match the logits' size
+    when a loss or metric would compare them as they are."""
+    logits_hw = _static_hw(y_pred, 4)
+    labels = getattr(y, "shape", None)
+    if logits_hw is None or labels is None or len(labels) not in (3, 4):
+        return
+    labels_hw = _static_hw(y, len(labels))
+    if labels_hw is None or labels_hw == logits_hw:
+        return
+    raise ValueError(
+        f"{', '.join(objectives)} compare the labels, shape "
+        f"{tuple(labels)}, with the logits, shape {tuple(y_pred.shape)}, "
+        "which are at 1/4 of the image size. Use "
+        "keras_segformer.training.SegFormerLoss (the default loss) and its "
+        "MeanIoU metric, which upsample the logits to the labels' size, or "
+        "resize the labels to the logits' size."
+    )
+
+
 class _TaskModel(ImageInputChecks, keras.Model):
     """Shared plumbing of the task models: labels, compile defaults and
     (de)serialization."""
 
-    def compile(self, *args, jit_compile="auto", **kwargs):
-        """``keras.Model.compile``; ``jit_compile="auto"`` means no XLA on
-        TensorFlow.
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        *,
+        metrics="auto",
+        jit_compile="auto",
+        **kwargs,
+    ):
+        """``keras.Model.compile`` with the SegFormer recipe as defaults.
 
-        TensorFlow's XLA has no gradient for bilinear resize on some
-        devices (tensorflow issue 57575) and, measured on CPU, made a B0
-        training step 8x slower than the plain graph. JAX always compiles
-        with XLA; pass ``jit_compile=True`` to force it on TensorFlow.
+        Built models come compiled with these defaults, so ``fit`` works
+        as the first call. ``"auto"`` (the default of each argument, as in
+        keras-hub) means: ``optimizer`` AdamW (lr 6e-5, weight decay 0.01,
+        none on norms and biases; a SegFormer's ``decode_head`` at 10x the
+        rate), constant rate; ``loss`` ``SegFormerLoss`` (logits upsampled
+        to the label size, ``ignore_index=255``); ``metrics`` mIoU. A
+        classifier gets sparse cross-entropy and accuracy. Anything passed
+        replaces just that part. The recipe's warmup + poly schedule needs
+        the number of training steps: use
+        ``keras_segformer.training.compile_for_training(model,
+        total_steps)`` for it.
+
+        Losses and metrics other than this project's get the logits at
+        1/4 of the image size; labels of another size stop the first step
+        with an error naming ``SegFormerLoss`` and both shapes.
+
+        ``jit_compile="auto"`` means no XLA on TensorFlow: TensorFlow's
+        XLA has no gradient for bilinear resize on some devices
+        (tensorflow issue 57575) and, measured on CPU, made a B0 training
+        step 8x slower than the plain graph. JAX always compiles with XLA;
+        pass ``jit_compile=True`` to force it on TensorFlow.
+
+        Under a multi-device ``distribution_scope`` on TensorFlow, the
+        BatchNorm layers switch to global batch statistics (SyncBN).
         """
+        defaults = self._compile_defaults()
+        if _is_auto(optimizer):
+            optimizer = defaults["optimizer"]()
+        if _is_auto(loss):
+            loss = defaults["loss"]()
+        if _is_auto(metrics):
+            metrics = defaults["metrics"]()
+        self._foreign_objectives = _foreign_objectives(loss, metrics)
         if jit_compile == "auto" and keras.backend.backend() == "tensorflow":
             jit_compile = False
-        return super().compile(*args, jit_compile=jit_compile, **kwargs)
+        if num_replicas(self) > 1:
+            synchronize_batch_norm(self)
+        # Keras keeps the previous loss and metrics when given None; an
+        # explicit None must mean none, not the defaults of construction.
+        self._compile_loss = self._compile_metrics = self.loss = None
+        return super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            jit_compile=jit_compile,
+            **kwargs,
+        )
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        if getattr(self, "_foreign_objectives", None):
+            _check_label_size(y, y_pred, self._foreign_objectives)
+        return super().compute_loss(
+            x=x,
+            y=y,
+            y_pred=y_pred,
+            sample_weight=sample_weight,
+            training=training,
+        )
 
     def compile_from_config(self, config):
         # Keras skips compile on load for models that override compile();
@@ -207,6 +319,16 @@ class SegFormer(_TaskModel):
         self.dropout = dropout
         self.id2label = id2label
         self.head = head
+        self.compile()
+
+    def _compile_defaults(self):
+        return {
+            "optimizer": lambda: grouped_adamw(self),
+            "loss": lambda: SegFormerLoss(ignore_index=255),
+            "metrics": lambda: [
+                MeanIoU(max(self.num_classes, 2), ignore_index=255)
+            ],
+        }
 
     def get_config(self):
         return {
@@ -260,6 +382,18 @@ class MiTClassifier(_TaskModel):
         self.backbone = backbone
         self.num_classes = num_classes
         self.id2label = id2label
+        self.compile()
+
+    def _compile_defaults(self):
+        return {
+            "optimizer": lambda: grouped_adamw(self, head_lr_multiplier=1.0),
+            "loss": lambda: keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True
+            ),
+            "metrics": lambda: [
+                keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+            ],
+        }
 
     def get_config(self):
         return self._base_config()

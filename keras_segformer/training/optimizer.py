@@ -161,6 +161,20 @@ class GroupedAdamW(keras.optimizers.AdamW):
             (str(p), float(v)) for p, v in lr_multipliers.items()
         )
         self.decay_rank_1 = bool(decay_rank_1)
+        # Variables an optimizer has before `build` (step counter, rate).
+        self._unbuilt_variable_count = len(self.variables)
+
+    def load_own_variables(self, store):
+        """Keras' restore, plus the state of an optimizer saved before its
+        first step (only its counters): built models come compiled, so a
+        model saved untrained holds such an optimizer, and Keras would warn
+        that it skips it. The slots stay at zero, as a new optimizer's."""
+        saved = len(store.keys())
+        if self.built and saved == self._unbuilt_variable_count:
+            for i, variable in enumerate(self.variables[:saved]):
+                variable.assign(store[str(i)])
+            return
+        super().load_own_variables(store)
 
     @property
     def lr_multipliers(self):
@@ -317,13 +331,48 @@ def create_optimizer(
         power=power,
         end_learning_rate=min_lr,
     )
+    return grouped_adamw(
+        model,
+        schedule,
+        weight_decay=weight_decay,
+        head_lr_multiplier=head_lr_multiplier,
+        head_layer=head_layer,
+        **kwargs,
+    )
+
+
+def grouped_adamw(
+    model,
+    learning_rate=6e-5,
+    *,
+    weight_decay=0.01,
+    head_lr_multiplier=10.0,
+    head_layer="decode_head",
+    **kwargs,
+):
+    """``GroupedAdamW`` with ``head_layer``'s variables at
+    ``head_lr_multiplier`` times ``learning_rate`` (a float or schedule).
+
+    The optimizer a built SegFormer is compiled with (constant rate: the
+    recipe's poly schedule needs the total step count, which only
+    ``create_optimizer`` / ``compile_for_training`` are given).
+
+    Args:
+        model: keras.Model. Has a ``head_layer`` layer unless
+            ``head_lr_multiplier`` is 1.
+        learning_rate: float or ``LearningRateSchedule``. Base rate.
+        weight_decay: float. Decoupled weight decay.
+        head_lr_multiplier: float. Learning-rate factor of the head.
+        head_layer: str. Name of the decode head layer.
+        **kwargs: passed to ``GroupedAdamW``.
+    """
     multipliers = {}
     if float(head_lr_multiplier) != 1.0:
         multipliers[_head_pattern(model, head_layer)] = float(
             head_lr_multiplier
         )
     return GroupedAdamW(
-        learning_rate=schedule,
+        learning_rate=learning_rate,
         weight_decay=weight_decay,
         lr_multipliers=multipliers,
         **kwargs,
