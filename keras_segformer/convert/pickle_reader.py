@@ -225,7 +225,7 @@ def _check_claim(path, key, dtype, numel, available, names):
         raise StorageSizeError(
             f"Checkpoint {path!r}: tensor {tensor!r} (storage {key}) claims "
             f"{numel} {dtype} elements ({claimed} bytes) but the file holds "
-            f"only {available} bytes for it: the file is corrupt."
+            f"only {available} bytes for it: the file is truncated or corrupt."
         )
 
 
