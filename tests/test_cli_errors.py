@@ -366,3 +366,18 @@ def test_directory_given_as_an_output_file(keras_file, tmp_path, capsys):
     )
     assert status == 2
     _short_error(err.splitlines(), str(tmp_path), "directory")
+
+
+@pytest.mark.parametrize(
+    "content", ['"just a string"', "7", '{"a": "cat"}', '{"id2label": 3}']
+)
+def test_labels_json_of_the_wrong_type(content, tmp_path):
+    from keras_segformer.cli.common import read_class_names
+
+    labels = tmp_path / "labels.json"
+    labels.write_text(content)
+    with pytest.raises(ValueError, match="--labels") as info:
+        read_class_names(str(labels))
+    assert str(labels) in str(info.value)
+    labels.write_text('{"1": "dog", "0": "cat"}')
+    assert read_class_names(str(labels), 2) == {0: "cat", 1: "dog"}

@@ -40,9 +40,17 @@ def read_class_names(spec, num_classes=None):
                 raise ValueError(f"--labels: {spec!r} is not JSON: {e}") from e
         if isinstance(data, dict):
             data = data.get("id2label", data)
+        if isinstance(data, dict) and all(
+            str(k).strip().isdigit() for k in data
+        ):
             names = [data[k] for k in sorted(data, key=int)]
+        elif isinstance(data, list):
+            names = data
         else:
-            names = list(data)
+            raise ValueError(
+                f"--labels {spec!r} must hold a JSON list of class names or "
+                "an object {index: name} (or a config.json with id2label)."
+            )
     if num_classes is not None and len(names) != num_classes:
         raise ValueError(
             f"--labels gives {len(names)} names for {num_classes} classes."
