@@ -1,11 +1,15 @@
-"""The ``backend_independent`` marking of tests/conftest.py: listed tests
-get the marker (``-m "not backend_independent"`` leaves them out), a name
-that no longer exists stops the run, and the audit fails a listed test that
-calls the Keras backend. Each case runs pytest on a small sample file."""
+"""The suite machinery of tests/conftest.py. The ``backend_independent``
+marking: listed tests get the marker (``-m "not backend_independent"``
+leaves them out), a name that no longer exists stops the run, and the
+audit fails a listed test that calls the Keras backend (each case runs
+pytest on a small sample file). The frozen objects that keep the
+per-test garbage collection cheap."""
 
+import gc
 import os
 import subprocess
 import sys
+import weakref
 
 CONFTEST = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "conftest.py"
@@ -95,3 +99,19 @@ def test_audit_fails_a_listed_test_that_calls_the_backend(tmp_path):
         "test_sample.py::test_keras_op is marked backend_independent "
         "but called the Keras backend" in out.stdout
     )
+
+
+def test_objects_from_before_the_tests_are_frozen():
+    # Imported libraries alone are hundreds of thousands of objects.
+    assert gc.get_freeze_count() > 100_000
+    # What a test creates is still collected.
+    node = _Node()
+    node.loop = node
+    ref = weakref.ref(node)
+    del node
+    gc.collect()
+    assert ref() is None
+
+
+class _Node:
+    pass
