@@ -193,9 +193,15 @@ def test_unreadable_image_is_named(keras_file, tmp_path, capsys):
             str(tmp_path / "out"),
         ]
     )
-    assert rc == 2
+    # The readable image is written; the unreadable one is listed; status 1.
+    assert rc == 1
     err = capsys.readouterr().err
     assert "b_corrupt.png" in err and "Could not read image" in err
+    assert "1 of 2 images could not be read" in err
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "a_mask.png",
+        "a_overlay.png",
+    ]
 
 
 @pytest.mark.parametrize(
