@@ -9,6 +9,7 @@ on JAX and PyTorch) and the tests share them.
 import contextlib
 import io
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -349,8 +350,14 @@ def test_postprocessing_needs_segmentation_logits(tmp_path):
 def test_unreadable_model_file(tmp_path, capsys):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"not a zip archive")
-    with pytest.raises(ValueError, match="Could not read the Keras model"):
+    with pytest.raises(ValueError, match="is not a Keras model file"):
         load_model(bad)
+    # A zip archive, but not one that model.save wrote.
+    other = tmp_path / "other.keras"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("notes.txt", "no model here")
+    with pytest.raises(ValueError, match="Could not read the Keras model"):
+        load_model(other)
     with pytest.raises(FileNotFoundError, match="Model not found"):
         load_model(tmp_path / "missing.keras")
     with pytest.raises(ValueError, match="--variant"):
@@ -368,7 +375,7 @@ def test_unreadable_model_file(tmp_path, capsys):
     )
     assert rc == 2
     err = capsys.readouterr().err
-    assert "Could not read the Keras model file" in err
+    assert "is not a Keras model file" in err
     assert "broken.keras" in err
 
 
