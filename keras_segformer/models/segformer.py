@@ -1,9 +1,12 @@
 """SegFormer semantic segmentation model: MiT encoder + all-MLP decoder."""
 
+import inspect
+
 import keras
 import numpy as np
 
 from keras_segformer.configs import check_positive_int
+from keras_segformer.errors import data_errors
 from keras_segformer.layers import MMSegSegFormerHead, SegFormerHead
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.input_check import ImageInputChecks
@@ -13,7 +16,7 @@ from keras_segformer.training.distribute import (
     synchronize_batch_norm,
 )
 from keras_segformer.training.losses import SegFormerLoss
-from keras_segformer.training.metrics import ConfusionMatrix, MeanIoU
+from keras_segformer.training.metrics import MeanIoU
 from keras_segformer.training.optimizer import grouped_adamw
 
 # Decode head layer per ``SegFormer(head=...)``.
@@ -43,18 +46,30 @@ def _is_auto(value):
     return isinstance(value, str) and value == "auto"
 
 
+def _is_keras_objective(obj):
+    """A loss or metric of Keras' own (a name, class instance or function),
+    which compares labels and logits as they are. Those of this project
+    upsample the logits first; the user's own may resize themselves."""
+    if isinstance(obj, str):
+        return True
+    owner = obj if inspect.isfunction(obj) else type(obj)
+    return owner.__module__.split(".")[0] == "keras"
+
+
+def _objective_name(obj):
+    if isinstance(obj, str):
+        return obj
+    return getattr(obj, "name", None) or obj.__name__
+
+
 def _foreign_objectives(loss, metrics):
-    """Names of the losses and metrics that score logits as they are
-    (at 1/4 of the image size), unlike ``SegFormerLoss`` and this
-    project's confusion-matrix metrics, which upsample them first."""
-    names = []
-    for obj in keras.tree.flatten(loss):
-        if obj is not None and not isinstance(obj, SegFormerLoss):
-            names.append(getattr(obj, "name", None) or repr(obj))
-    for obj in keras.tree.flatten(metrics):
-        if obj is not None and not isinstance(obj, ConfusionMatrix):
-            names.append(getattr(obj, "name", None) or repr(obj))
-    return names
+    """Names of Keras' own losses and metrics among ``loss`` and
+    ``metrics``: they score the logits at 1/4 of the image size."""
+    return [
+        _objective_name(obj)
+        for obj in keras.tree.flatten([loss, metrics])
+        if obj is not None and _is_keras_objective(obj)
+    ]
 
 
 def _static_hw(tensor, rank):
@@ -169,6 +184,18 @@ class _TaskModel(ImageInputChecks, keras.Model):
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 
+    @data_errors()
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``; a data file that a ``tf.data`` pipeline of
+        this project cannot use stops it with a ``DataError`` naming the
+        file (TensorFlow would wrap that message in its own error)."""
+        return super().fit(*args, **kwargs)
+
+    @data_errors()
+    def evaluate(self, *args, **kwargs):
+        """``keras.Model.evaluate``, with data errors as in ``fit``."""
+        return super().evaluate(*args, **kwargs)
+
     def predict(
         self, x, batch_size=None, verbose="auto", steps=None, callbacks=None
     ):
@@ -182,13 +209,14 @@ class _TaskModel(ImageInputChecks, keras.Model):
         ``PyDataset``, ``steps`` and callbacks go to Keras unchanged.
         """
         if steps is not None or callbacks or not _is_array(x):
-            return super().predict(
-                x,
-                batch_size=batch_size,
-                verbose=verbose,
-                steps=steps,
-                callbacks=callbacks,
-            )
+            with data_errors():
+                return super().predict(
+                    x,
+                    batch_size=batch_size,
+                    verbose=verbose,
+                    steps=steps,
+                    callbacks=callbacks,
+                )
         total = int(x.shape[0])
         batch_size = int(batch_size or 32)
         progbar = keras.utils.Progbar(

@@ -1,0 +1,124 @@
+"""A new user's journey in fresh processes, as the README writes it:
+``keras-segformer train`` on this backend, then the trained model loaded,
+used and exported from another backend (a test inside one process could
+hide a class that only an earlier import registered)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from conftest import BACKEND
+
+from keras_segformer.data import synthetic
+from keras_segformer.export import ExportedModel
+
+NUM_CLASSES = 3
+OTHER = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}
+
+_USE_ELSEWHERE = """
+import sys
+import keras
+import numpy as np
+import keras_segformer
+
+model = keras.models.load_model(sys.argv[1])
+assert type(model.optimizer).__name__ == "GroupedAdamW"
+x = np.load(sys.argv[2])
+np.save(sys.argv[3], model.predict(x, verbose=0))
+"""
+
+
+def _run(args, backend, timeout=900):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, (args, result.stderr[-3000:])
+    return result
+
+
+def _cli(*args, backend):
+    return _run([sys.executable, "-m", "keras_segformer", *args], backend)
+
+
+def test_train_then_predict_and_export_on_another_backend(tmp_path):
+    files = synthetic.generate(
+        tmp_path / "data", 4, 2, size=(61, 83), num_classes=NUM_CLASSES
+    )
+    train, val = files["train"], files["val"]
+    run = tmp_path / "run"
+    _cli(
+        "train",
+        "--variant",
+        "b0",
+        "--num-classes",
+        str(NUM_CLASSES),
+        "--images",
+        os.path.dirname(train.images[0]),
+        "--masks",
+        os.path.dirname(train.masks[0]),
+        "--epochs",
+        "1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--base-size",
+        "128",
+        "64",
+        "--out",
+        str(run),
+        backend=BACKEND,
+    )
+    model_file = run / "model.keras"
+    assert model_file.is_file()
+    other = OTHER[BACKEND]
+
+    x = np.random.default_rng(0).standard_normal((2, 61, 83, 3), "float32")
+    np.save(tmp_path / "x.npy", x)
+    _run(
+        [
+            sys.executable,
+            "-c",
+            _USE_ELSEWHERE,
+            str(model_file),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "logits.npy"),
+        ],
+        other,
+    )
+    logits = np.load(tmp_path / "logits.npy")
+    assert logits.shape == (2, 16, 21, NUM_CLASSES)
+
+    preds = tmp_path / "preds"
+    _cli(
+        "predict",
+        "--model",
+        str(model_file),
+        "--input",
+        os.path.dirname(val.images[0]),
+        "--output",
+        str(preds),
+        backend=other,
+    )
+    written = sorted(os.listdir(preds))
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in val.images]
+    for stem in stems:
+        assert any(name.startswith(stem) for name in written), written
+
+    onnx_file = tmp_path / "model.onnx"
+    _cli(
+        "export",
+        "--model",
+        str(model_file),
+        "--format",
+        "onnx",
+        "--out",
+        str(onnx_file),
+        backend=other,
+    )
+    exported = ExportedModel(str(onnx_file))(x)
+    np.testing.assert_allclose(exported, logits, atol=1e-4)
