@@ -381,3 +381,26 @@ def test_labels_json_of_the_wrong_type(content, tmp_path):
     assert str(labels) in str(info.value)
     labels.write_text('{"1": "dog", "0": "cat"}')
     assert read_class_names(str(labels), 2) == {0: "cat", 1: "dog"}
+
+
+def test_keras_file_with_lambda_code_is_refused(tmp_path, capsys):
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs).save(path)
+    _save_image(str(tmp_path / "in" / "a.png"))
+    status, err = _main(
+        capsys,
+        "predict",
+        "--model",
+        str(path),
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert status == 2
+    assert "Lambda" in _short_error(err.splitlines(), path)
+    assert not (tmp_path / "out" / "a_mask.png").exists()
