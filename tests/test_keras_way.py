@@ -149,12 +149,16 @@ def test_keras_loss_on_quarter_size_labels_trains():
 
 def test_untrained_model_reloads_without_warnings(tmp_path):
     model = tiny_segformer(num_classes=3)
+    # What "auto" meant where the model was saved (True on JAX) is not
+    # carried over: on PyTorch True would mean torch.compile.
+    model.compile(jit_compile=True)
     model.save(tmp_path / "m.keras")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         loaded = keras.models.load_model(tmp_path / "m.keras")
     _assert_recipe_defaults(loaded)
     assert int(keras.ops.convert_to_numpy(loaded.optimizer.iterations)) == 0
+    assert loaded.jit_compile == (BACKEND == "jax")
 
 
 _LOAD_ELSEWHERE = """

@@ -163,6 +163,13 @@ class _TaskModel(ImageInputChecks, keras.Model):
             **kwargs,
         )
 
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        # Keras builds the metrics before the loss (JAX, PyTorch): check
+        # here too, so that a metric's own shape error does not come first.
+        if getattr(self, "_foreign_objectives", None):
+            _check_label_size(y, y_pred, self._foreign_objectives)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
@@ -180,6 +187,9 @@ class _TaskModel(ImageInputChecks, keras.Model):
         # Keras skips compile on load for models that override compile();
         # this is Keras' own restore, through the override above.
         config = keras.saving.deserialize_keras_object(config)
+        # The saved value is what "auto" meant on the backend that saved
+        # the model (True on JAX); on PyTorch, True means torch.compile.
+        config.pop("jit_compile", None)
         self.compile(**config)
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
@@ -233,28 +243,10 @@ class _TaskModel(ImageInputChecks, keras.Model):
             raise ValueError("`x` holds no images (its first dimension is 0).")
         return np.concatenate(outputs, axis=0)
 
-    def export(
-        self,
-        filepath,
-        format="tf_saved_model",
-        verbose=None,
-        input_signature=None,
-        **kwargs,
-    ):
-        """``keras.Model.export`` on every backend: ``"tf_saved_model"``,
-        ``"litert"`` or ``"onnx"``, written from one TensorFlow graph by
-        ``keras_segformer.export.keras_export`` (see there for the
-        arguments)."""
-        from keras_segformer.export.keras_api import keras_export
-
-        keras_export(
-            self,
-            filepath,
-            format=format,
-            verbose=verbose,
-            input_signature=input_signature,
-            **kwargs,
-        )
+    # ``keras.Model.export`` on every backend: "tf_saved_model", "litert"
+    # or "onnx", written from one TensorFlow graph by
+    # ``keras_segformer.export.keras_export`` (see there for the arguments).
+    export = MiTBackbone.export
 
     @property
     def label2id(self):
