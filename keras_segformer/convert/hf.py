@@ -279,16 +279,7 @@ def config_to_kwargs(config):
         raise ValueError(
             f"Only hidden_act='gelu' is supported. The config has {act!r}."
         )
-    required = (
-        "depths",
-        "hidden_sizes",
-        "num_attention_heads",
-        "sr_ratios",
-        "patch_sizes",
-        "strides",
-        "mlp_ratios",
-    )
-    missing = [k for k in required if k not in config]
+    missing = [k for k in _LIST_FIELDS if k not in config]
     if missing:
         raise ValueError(f"config.json lacks SegFormer fields {missing}.")
     _check_config_types(config)

@@ -167,9 +167,12 @@ class MiTBackbone(keras.Model):
         input_signature=None,
         **kwargs,
     ):
-        """``keras.Model.export`` on every backend, one output per stage
-        (``stage1_norm`` ... ``stage4_norm``); see
-        ``keras_segformer.export.keras_export``."""
+        """``keras.Model.export`` on every backend: ``"tf_saved_model"``,
+        ``"litert"`` or ``"onnx"``, written from one TensorFlow graph by
+        ``keras_segformer.export.keras_export`` (see there for the
+        arguments). The backbone's artifacts have one output per stage
+        (``stage1_norm`` ... ``stage4_norm``); the task models share this
+        method."""
         from keras_segformer.export.keras_api import keras_export
 
         keras_export(
