@@ -346,3 +346,20 @@ def test_unreadable_file_is_named(tmp_path, content):
         read_image(path)
     with pytest.raises(ValueError, match="broken.png"):
         inference.load_image(path)
+
+
+def test_saved_model_with_non_finite_weights_is_refused(tmp_path):
+    from keras_segformer.convert import CheckpointError
+    from keras_segformer.export import load_model
+
+    model = keras_segformer.SegFormerB0(num_classes=2)
+    variable = model.get_layer("decode_head").trainable_variables[0]
+    value = keras.ops.convert_to_numpy(variable.value).copy()
+    value.flat[0] = np.nan
+    variable.assign(value)
+    model.save(tmp_path / "m.keras")
+    model.save_weights(tmp_path / "m.weights.h5")
+    with pytest.raises(CheckpointError, match="NaN or infinite.*decode_head"):
+        load_model(tmp_path / "m.keras")
+    with pytest.raises(CheckpointError, match="NaN or infinite.*decode_head"):
+        load_model(tmp_path / "m.weights.h5", variant="b0", num_classes=2)

@@ -5,6 +5,7 @@ import os
 import zipfile
 
 import keras
+import numpy as np
 
 _WEIGHT_SUFFIXES = (".weights.h5",)
 
@@ -51,6 +52,24 @@ def _load_weights_file(path, variant, num_classes):
     return model
 
 
+def _check_finite(model, path):
+    """Refuse a model whose weights hold NaN or inf (a diverged training,
+    a damaged file): every prediction would be meaningless."""
+    from keras_segformer.convert import CheckpointError
+
+    bad = [
+        w.path
+        for w in model.weights
+        if not np.isfinite(keras.ops.convert_to_numpy(w.value)).all()
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{path!r} holds {len(bad)} weights with NaN or infinite "
+            f"values: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}."
+        )
+    return model
+
+
 def load_model(path, variant=None, num_classes=None):
     """Load a model from a ``.keras`` file, a transformers directory or
     Keras weights.
@@ -91,9 +110,11 @@ def load_model(path, variant=None, num_classes=None):
             "transformers checkpoint directory."
         )
     if path.endswith(".keras"):
-        return _load_keras_file(path)
+        return _check_finite(_load_keras_file(path), path)
     if path.endswith(_WEIGHT_SUFFIXES):
-        return _load_weights_file(path, variant, num_classes)
+        return _check_finite(
+            _load_weights_file(path, variant, num_classes), path
+        )
     raise ValueError(
         f"Cannot tell the kind of model file {path!r}: expected a .keras "
         "file, a .weights.h5 file or a transformers directory."
