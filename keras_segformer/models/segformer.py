@@ -1,5 +1,6 @@
 """SegFormer semantic segmentation model: MiT encoder + all-MLP decoder."""
 
+import contextlib
 import inspect
 
 import keras
@@ -194,17 +195,38 @@ class _TaskModel(ImageInputChecks, keras.Model):
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 
-    @data_errors()
+    @contextlib.contextmanager
+    def _guarded(self):
+        """Data errors out of ``tf.data`` as ``DataError``, and the model
+        left usable after any error: Keras' JAX trainer detaches the
+        variables' values while it runs and, stopped by an exception
+        before it reattaches them, leaves every later call failing."""
+        variables = [*self.variables, *self.metrics_variables]
+        if getattr(self, "optimizer", None) is not None:
+            variables += self.optimizer.variables
+        values = [v._value for v in variables]
+        try:
+            with data_errors():
+                yield
+        except BaseException:
+            if hasattr(self, "jax_state_sync"):
+                self.jax_state_sync()  # the last finished step, if any
+            for variable, value in zip(variables, values):
+                if variable._value is None:
+                    variable._value = value
+            raise
+
     def fit(self, *args, **kwargs):
         """``keras.Model.fit``; a data file that a ``tf.data`` pipeline of
         this project cannot use stops it with a ``DataError`` naming the
         file (TensorFlow would wrap that message in its own error)."""
-        return super().fit(*args, **kwargs)
+        with self._guarded():
+            return super().fit(*args, **kwargs)
 
-    @data_errors()
     def evaluate(self, *args, **kwargs):
         """``keras.Model.evaluate``, with data errors as in ``fit``."""
-        return super().evaluate(*args, **kwargs)
+        with self._guarded():
+            return super().evaluate(*args, **kwargs)
 
     def predict(
         self, x, batch_size=None, verbose="auto", steps=None, callbacks=None
@@ -219,7 +241,7 @@ class _TaskModel(ImageInputChecks, keras.Model):
         ``PyDataset``, ``steps`` and callbacks go to Keras unchanged.
         """
         if steps is not None or callbacks or not _is_array(x):
-            with data_errors():
+            with self._guarded():
                 return super().predict(
                     x,
                     batch_size=batch_size,
