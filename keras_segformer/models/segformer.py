@@ -5,6 +5,7 @@ import inspect
 
 import keras
 import numpy as np
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from keras_segformer.configs import check_positive_int
 from keras_segformer.errors import data_errors
@@ -184,6 +185,13 @@ class _TaskModel(ImageInputChecks, keras.Model):
             training=training,
         )
 
+    def _compile_defaults_if_possible(self):
+        """Compile with the defaults at construction, except inside a
+        ``keras.StatelessScope`` (no variable may be created there: the
+        optimizer's and metrics' would be); ``compile()`` later does it."""
+        if not in_stateless_scope():
+            self.compile()
+
     def compile_from_config(self, config):
         # Keras skips compile on load for models that override compile();
         # this is Keras' own restore, through the override above.
@@ -361,7 +369,7 @@ class SegFormer(_TaskModel):
         self.dropout = dropout
         self.id2label = id2label
         self.head = head
-        self.compile()
+        self._compile_defaults_if_possible()
 
     def _compile_defaults(self):
         return {
@@ -424,7 +432,7 @@ class MiTClassifier(_TaskModel):
         self.backbone = backbone
         self.num_classes = num_classes
         self.id2label = id2label
-        self.compile()
+        self._compile_defaults_if_possible()
 
     def _compile_defaults(self):
         return {
