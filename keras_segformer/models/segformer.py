@@ -165,18 +165,20 @@ class _TaskModel(ImageInputChecks, keras.Model):
             **kwargs,
         )
 
+    def _check_objectives(self, y, y_pred):
+        if getattr(self, "_foreign_objectives", None):
+            _check_label_size(y, y_pred, self._foreign_objectives)
+
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         # Keras builds the metrics before the loss (JAX, PyTorch): check
         # here too, so that a metric's own shape error does not come first.
-        if getattr(self, "_foreign_objectives", None):
-            _check_label_size(y, y_pred, self._foreign_objectives)
+        self._check_objectives(y, y_pred)
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        if getattr(self, "_foreign_objectives", None):
-            _check_label_size(y, y_pred, self._foreign_objectives)
+        self._check_objectives(y, y_pred)
         return super().compute_loss(
             x=x,
             y=y,
