@@ -18,6 +18,15 @@ def add_parser(subparsers):
             "is; --overwrite starts afresh)."
         ),
     )
+    _add_model_arguments(p)
+    _add_loop_arguments(p)
+    _add_recipe_arguments(p)
+    _add_output_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _add_model_arguments(p):
+    """Model, data folders and the starting point."""
     p.add_argument("--variant", default="b0", help="b0 ... b5 (default b0)")
     p.add_argument("--num-classes", type=_int_at_least(1), required=True)
     p.add_argument("--images", required=True, help="training image folder")
@@ -32,6 +41,10 @@ def add_parser(subparsers):
             "read when the run resumes"
         ),
     )
+
+
+def _add_loop_arguments(p):
+    """Epochs, steps, batch size and devices."""
     p.add_argument(
         "--epochs",
         type=_int_at_least(1),
@@ -61,6 +74,10 @@ def add_parser(subparsers):
             "cores; not on PyTorch). Default: one device"
         ),
     )
+
+
+def _add_recipe_arguments(p):
+    """Crop, rescale box, learning rate and label reduction."""
     p.add_argument(
         "--crop-size",
         type=_int_at_least(1),
@@ -86,6 +103,10 @@ def add_parser(subparsers):
     )
     p.add_argument("--warmup-steps", type=_int_at_least(0), default=1500)
     p.add_argument("--reduce-labels", action="store_true")
+
+
+def _add_output_arguments(p):
+    """Class names, seed and the output folder."""
     p.add_argument("--labels", help="class names: ade20k, cityscapes or JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
@@ -97,7 +118,6 @@ def add_parser(subparsers):
             "model.keras, log.csv, checkpoints/, backup/, tensorboard/)"
         ),
     )
-    p.set_defaults(func=run)
 
 
 def _int_at_least(low):
