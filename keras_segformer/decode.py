@@ -22,6 +22,9 @@ import os
 import numpy as np
 from PIL import Image, ImageOps
 
+# File names the data pipeline and inference take for images in a folder.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
 # PIL modes whose pixels are class ids as they are. "P" gives the palette
 # indices, which is how palette-encoded masks (VOC, ADE's renders) store ids.
 MASK_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")

@@ -1,5 +1,7 @@
 """Pre/post-processing against transformers, image I/O, palettes, drawing."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -253,6 +255,39 @@ def test_resize_logits_batch_and_binary_mask(rng):
 
 
 # -- palettes and visualization ----------------------------------------------
+
+
+def test_one_copy_of_names_palettes_extensions_and_label_parsing(tmp_path):
+    """Class names, palettes, image extensions and the class-name parser
+    have one home each (``keras_segformer.classes``, ``decode``); the data
+    readers, inference and the CLI use those very objects."""
+    from keras_segformer import classes, decode
+    from keras_segformer.cli import common, predict
+    from keras_segformer.data import loading, readers
+    from keras_segformer.inference import palettes
+
+    for name in ("ADE20K_CLASSES", "CITYSCAPES_CLASSES"):
+        assert getattr(readers, name) is getattr(classes, name)
+        assert getattr(palettes, name) is getattr(classes, name)
+    assert palettes.ADE20K_PALETTE is classes.ADE20K_PALETTE
+    assert predict.IMAGE_EXTENSIONS is decode.IMAGE_EXTENSIONS
+    assert loading.IMAGE_EXTENSIONS is decode.IMAGE_EXTENSIONS
+
+    names = tmp_path / "names.json"
+    names.write_text('{"1": "dog", "0": "cat"}')
+    expected = {0: "cat", 1: "dog"}
+    assert common.read_class_names(str(names), 2) == expected
+    assert classes.resolve_labels(str(names), 2) == expected
+    for text in ('"just a string"', "7", '{"id2label": 3}', '{"a": "cat"}'):
+        names.write_text(text)
+        for name in ("--labels", "`labels`"):
+            with pytest.raises(ValueError, match=re.escape(name)) as info:
+                classes.resolve_labels(str(names), name=name)
+            assert str(names) in str(info.value)
+    with pytest.raises(ValueError, match="--labels .*names 19 classes"):
+        common.read_class_names("cityscapes", 7)
+    with pytest.raises(ValueError, match="--labels .*no such file"):
+        common.read_class_names(str(tmp_path / "missing.json"))
 
 
 def test_palettes_and_names():

@@ -19,7 +19,8 @@ import tempfile
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from keras_segformer.decode import IMAGE_EXTENSIONS
+
 PALETTES = ("auto", "ade20k", "cityscapes")
 
 

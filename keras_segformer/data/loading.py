@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from keras_segformer import decode
+from keras_segformer.decode import IMAGE_EXTENSIONS
 
 IGNORE_INDEX = 255
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Lossy formats would invent ids at region borders, so masks are lossless.
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 

@@ -8,42 +8,9 @@ class names and the label remapping the dataset needs, ready for
 import dataclasses
 from pathlib import Path
 
+from keras_segformer.classes import ADE20K_CLASSES, CITYSCAPES_CLASSES
 from keras_segformer.data.loading import pair_folders
 from keras_segformer.data.pipeline import make_dataset
-
-# mmseg ADE20KDataset: the 150 SceneParsing classes, in training-id order
-# (raw mask id k + 1; raw 0 is "other" and is ignored via reduce_labels).
-ADE20K_CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed",
-    "windowpane", "grass", "cabinet", "sidewalk", "person", "earth", "door",
-    "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
-    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp",
-    "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace",
-    "refrigerator", "grandstand", "path", "stairs", "runway", "case",
-    "pool table", "pillow", "screen door", "stairway", "river", "bridge",
-    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill",
-    "bench", "countertop", "stove", "palm", "kitchen island", "computer",
-    "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel",
-    "light", "truck", "tower", "chandelier", "awning", "streetlight",
-    "booth", "television receiver", "airplane", "dirt track", "apparel",
-    "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet",
-    "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy",
-    "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
-    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food",
-    "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle",
-    "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce",
-    "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen",
-    "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
-    "clock", "flag",
-)  # fmt: skip
-
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-    "truck", "bus", "train", "motorcycle", "bicycle",
-)  # fmt: skip
 
 # cityscapesScripts labels.py: labelId -> trainId for the 19 evaluated
 # classes. Every other labelId (void classes, e.g. 0 unlabeled, 9 parking,

@@ -13,6 +13,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_segformer.decode import IMAGE_EXTENSIONS
 from keras_segformer.inference.processing import (
     _check_pair,
     load_image,
@@ -23,7 +24,6 @@ FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("float16", "int8")
 INPUT_DTYPES = ("float32", "uint8")
 ONNX_OPSET = 17
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Default calibration: this many synthetic images (keras_segformer.data
 # .synthetic) at the fixed input size, or at this size for dynamic models.
 NUM_SYNTHETIC_CALIBRATION = 32
