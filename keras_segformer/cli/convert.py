@@ -9,7 +9,8 @@ transformers directory. Prints what was mapped.
 import os
 import tempfile
 
-from keras_segformer.convert.detect import FORMATS, TASKS
+from keras_segformer.convert.formats import FORMATS
+from keras_segformer.convert.loader import TASKS
 
 
 def _int_list(text):
@@ -106,7 +107,7 @@ def _save_atomic(model, out):
 
 def run(args):
     """Convert ``args.src`` and write ``args.out``; print the report."""
-    from keras_segformer.convert.detect import load_checkpoint
+    from keras_segformer.convert.loader import load_checkpoint
     from keras_segformer.convert.to_hf import hf_config, save_pretrained
 
     out = args.out

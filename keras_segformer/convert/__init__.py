@@ -1,25 +1,29 @@
-"""Checkpoint readers and writers (transformers, NVlabs, mmsegmentation)."""
+"""Checkpoint readers and writers (transformers, NVlabs, mmsegmentation).
 
-from keras_segformer.convert.assign import LoadReport, assign
-from keras_segformer.convert.detect import (
-    ConversionReport,
-    detect_format,
-    infer_architecture,
+One loader (``load_checkpoint``; ``from_pretrained`` for Hub ids and
+transformers directories; ``load_weights`` into an existing model), one
+report type (``LoadReport``) and one registry of formats
+(``formats.REGISTRY``).
+"""
+
+from keras_segformer.classes import resolve_labels
+from keras_segformer.convert.architecture import infer_architecture
+from keras_segformer.convert.assign import ConversionReport, LoadReport, assign
+from keras_segformer.convert.formats import FORMATS, REGISTRY, detect_format
+from keras_segformer.convert.hf import canonicalize, config_to_kwargs
+from keras_segformer.convert.loader import (
     load_checkpoint,
-    load_weights,
-    resolve_labels,
-)
-from keras_segformer.convert.hf import (
-    canonicalize,
-    config_to_kwargs,
-    from_pretrained,
     load_hf_weights,
+    load_weights,
 )
 from keras_segformer.convert.pickle_reader import load_torch_file
+from keras_segformer.convert.pretrained import from_pretrained
 from keras_segformer.convert.state_dict import CheckpointError, read_state_dict
 from keras_segformer.convert.to_hf import save_pretrained
 
 __all__ = [
+    "FORMATS",
+    "REGISTRY",
     "CheckpointError",
     "ConversionReport",
     "LoadReport",

@@ -1,5 +1,6 @@
 """The one weight-assignment path every checkpoint reader goes through."""
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,30 +43,117 @@ TRANSFORMS = {
 }
 
 
+def sample(keys, n=6, sep=", "):
+    """The first ``n`` of ``keys`` (sorted), then ``...`` if there are more."""
+    keys = sorted(keys)
+    return sep.join(keys[:n]) + (" ..." if len(keys) > n else "")
+
+
+_ARCHITECTURE_FIELDS = (
+    "task",
+    "head",
+    "depths",
+    "hidden_sizes",
+    "num_heads",
+    "sr_ratios",
+    "decoder_hidden_size",
+    "num_classes",
+    "layer_norm_epsilon",
+)
+
+
 @dataclass
 class LoadReport:
-    """What a load did: tensors assigned, skipped on purpose, left alone."""
+    """What a checkpoint load read, inferred and assigned.
 
+    ``model.load_report`` of ``load_checkpoint`` and ``from_pretrained``,
+    and what ``load_weights`` and ``assign`` return. ``ConversionReport``
+    is another name for it.
+
+    Args:
+        source: str. The checkpoint.
+        format: str or None. Its format (``"hf"``, ``"nvlabs"``, ``"mit"``,
+            ``"mmseg"``); ``None`` from a bare ``assign``.
+        architecture: dict. Inferred (and completed) configuration.
+        assigned: list of str. Source names copied (a slice of a fused
+            tensor as ``"<name>[<part>]"``).
+        skipped: list of str. Source tensors deliberately not loaded.
+        mapping: list of ``(source name, Keras variable path, shape)``.
+        fresh: list of str. Keras variable paths that keep their values
+            (a new head).
+        notes: list of str. Approximations and choices made.
+    """
+
+    source: str = "checkpoint"
+    format: str = None
+    architecture: dict = field(default_factory=dict)
     assigned: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
-    not_loaded: list = field(default_factory=list)
+    mapping: list = field(default_factory=list)
+    fresh: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
-    def __str__(self):
-        lines = [f"assigned {len(self.assigned)} tensors"]
+    @property
+    def not_loaded(self):
+        """Variables that keep their values (the same as ``fresh``)."""
+        return self.fresh
+
+    def _header(self):
+        if self.format is None:
+            return self.source
+        from keras_segformer.convert.formats import REGISTRY
+
+        spec = REGISTRY.get(self.format)
+        name = spec.description if spec else self.format
+        return f"{self.source}: {name} ({self.format})"
+
+    def summary(self):
+        """A few lines: format, architecture, counts, skips, notes."""
+        arch = self.architecture
+        sources = {re.sub(r"\[\w+\]$", "", name) for name, _, _ in self.mapping}
+        splits = sum(1 for name, _, _ in self.mapping if name.endswith("]"))
+        lines = [self._header()]
+        if arch:
+            desc = ", ".join(
+                f"{k}={arch[k]}"
+                for k in _ARCHITECTURE_FIELDS
+                if arch.get(k) is not None
+            )
+            lines.append(f"architecture: {desc}")
+        lines.append(
+            f"assigned {len(self.mapping)} variables from {len(sources)} "
+            f"source tensors ({splits} slices of fused tensors)"
+        )
         if self.skipped:
             lines.append(
-                f"skipped {len(self.skipped)} source tensors: "
-                + ", ".join(self.skipped[:8])
-                + (" ..." if len(self.skipped) > 8 else "")
+                f"skipped {len(self.skipped)} source tensors on purpose: "
+                + sample(self.skipped, 8)
             )
-        if self.not_loaded:
+        if self.fresh:
             lines.append(
-                f"kept the initial values of {len(self.not_loaded)} "
-                "variables: "
-                + ", ".join(self.not_loaded[:8])
-                + (" ..." if len(self.not_loaded) > 8 else "")
+                f"{len(self.fresh)} variables keep their initial values "
+                "(new head): " + sample(self.fresh, 4)
             )
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def details(self):
+        """One line per copied tensor: source -> Keras variable."""
+        return "\n".join(
+            f"{name} -> {path} {shape}" for name, path, shape in self.mapping
+        )
+
+    def __str__(self):
+        return self.summary()
+
+
+# The name load_checkpoint's report had before there was one report type.
+ConversionReport = LoadReport
+
+
+def _listed(items, n, sep):
+    """The first ``n`` items in their order, then ``...`` if more."""
+    return sep.join(items[:n]) + (" ..." if len(items) > n else "")
 
 
 def assign(plan, state_dict, *, skip=(), optional=(), source="checkpoint"):
@@ -90,7 +178,7 @@ def assign(plan, state_dict, *, skip=(), optional=(), source="checkpoint"):
     """
     skip = tuple(skip)
     optional = tuple(optional)
-    report = LoadReport()
+    report = LoadReport(source=source)
     staged, missing, mismatched, non_finite = [], [], [], []
     seen = set()
     for key, variable, transform in plan:
@@ -99,7 +187,7 @@ def assign(plan, state_dict, *, skip=(), optional=(), source="checkpoint"):
         seen.add(key)
         if key not in state_dict:
             if optional and key.startswith(optional):
-                report.not_loaded.append(variable.path)
+                report.fresh.append(variable.path)
                 continue
             missing.append(key)
             continue
@@ -127,29 +215,21 @@ def assign(plan, state_dict, *, skip=(), optional=(), source="checkpoint"):
             report.skipped.append(key)
         else:
             unexpected.append(key)
-    problems = []
-    if missing:
-        problems.append(
-            f"{len(missing)} tensors missing from the {source}: "
-            + ", ".join(missing[:10])
-            + (" ..." if len(missing) > 10 else "")
+    problems = [
+        f"{len(items)} {what}: " + _listed(items, n, sep)
+        for items, what, n, sep in (
+            (missing, f"tensors missing from the {source}", 10, ", "),
+            (
+                sorted(unexpected),
+                f"unexpected tensors in the {source}",
+                10,
+                ", ",
+            ),
+            (mismatched, "shape mismatches", 5, "; "),
+            (non_finite, "tensors with non-finite values", 5, "; "),
         )
-    if unexpected:
-        problems.append(
-            f"{len(unexpected)} unexpected tensors in the {source}: "
-            + ", ".join(sorted(unexpected)[:10])
-            + (" ..." if len(unexpected) > 10 else "")
-        )
-    if mismatched:
-        problems.append(
-            f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched[:5])
-        )
-    if non_finite:
-        problems.append(
-            f"{len(non_finite)} tensors with non-finite values: "
-            + "; ".join(non_finite[:5])
-            + (" ..." if len(non_finite) > 5 else "")
-        )
+        if items
+    ]
     if problems:
         raise CheckpointError(
             "Weights do not match the model:\n  " + "\n  ".join(problems)
@@ -157,4 +237,5 @@ def assign(plan, state_dict, *, skip=(), optional=(), source="checkpoint"):
     for key, variable, value in staged:
         variable.assign(value.astype(variable.dtype))
         report.assigned.append(key)
+        report.mapping.append((key, variable.path, tuple(variable.shape)))
     return report

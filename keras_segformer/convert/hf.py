@@ -7,12 +7,9 @@ names of transformers 5.x (``segformer.stages.{i}.blocks.{j}.attention.q_proj``
 """
 
 import json
-import os
 import re
 
-from keras_segformer.convert.assign import assign
-from keras_segformer.convert.state_dict import CheckpointError, read_state_dict
-from keras_segformer.models.builders import build_mit
+from keras_segformer.convert.state_dict import CheckpointError
 from keras_segformer.models.segformer import MiTClassifier, SegFormer
 
 # transformers 5.x in-memory name -> save_pretrained name (applied in order).
@@ -64,6 +61,80 @@ def canonicalize(state_dict):
             raise CheckpointError(f"Tensor {key!r} appears twice (as {new!r}).")
         out[new] = value
     return out
+
+
+_BACKBONE_KEYS = (
+    (
+        "patch_embedding",
+        re.compile(
+            r"segformer\.encoder\.patch_embeddings\.(\d+)\."
+            r"(proj|layer_norm)\.(\w+)"
+        ),
+    ),
+    (
+        "block",
+        re.compile(r"segformer\.encoder\.block\.(\d+)\.(\d+)\.(.+)\.(\w+)"),
+    ),
+    (
+        "stage_norm",
+        re.compile(r"segformer\.encoder\.layer_norm\.(\d+)\.(\w+)"),
+    ),
+)
+
+
+def split_backbone_key(canonical):
+    """Parse a canonical encoder name into its parts.
+
+    The foreign formats (``nvlabs.py``, ``mmseg.py``) rename from these
+    parts.
+
+    Args:
+        canonical: str. A key of ``backbone_plan``.
+
+    Returns:
+        ``None`` for a name outside the encoder, else ``(kind, parts)``:
+        ``("patch_embedding", (stage, "proj" | "layer_norm", param))``,
+        ``("block", (stage, block, module, param))`` or
+        ``("stage_norm", (stage, param))``, with 0-based int indices.
+    """
+    for kind, pattern in _BACKBONE_KEYS:
+        m = pattern.fullmatch(canonical)
+        if m:
+            parts = tuple(int(g) if g.isdigit() else g for g in m.groups())
+            return kind, parts
+    return None
+
+
+def head_info(shape):
+    """Task, head type, decoder width and classes of a checkpoint whose
+    tensors have the canonical (transformers) head names.
+
+    Args:
+        shape: callable, canonical name -> shape tuple or ``None``.
+
+    Returns:
+        dict with ``task``, ``head``, ``decoder_hidden_size``,
+        ``num_classes`` (``None`` where there is no head).
+    """
+    info = {
+        "task": "backbone",
+        "head": None,
+        "decoder_hidden_size": None,
+        "num_classes": None,
+    }
+    linear = shape("decode_head.linear_c.0.proj.weight")
+    cls = shape("classifier.weight")
+    if linear is not None:
+        pred = shape("decode_head.classifier.weight")
+        info.update(
+            task="segmentation",
+            head="mlp",
+            decoder_hidden_size=linear[0],
+            num_classes=None if pred is None else pred[0],
+        )
+    elif cls is not None:
+        info.update(task="classification", num_classes=cls[0])
+    return info
 
 
 def _norm(prefix, layer):
@@ -150,36 +221,6 @@ def model_plan(model):
     if isinstance(model, (SegFormer, MiTClassifier)):
         return backbone_plan(model.backbone) + head_plan(model)
     return backbone_plan(model)
-
-
-def load_hf_weights(model, state_dict, *, backbone_only=False, source=None):
-    """Load a transformers SegFormer state dict into a Keras model.
-
-    Strict: a missing, unexpected or mis-shaped tensor raises
-    ``CheckpointError`` naming it, and nothing is assigned.
-
-    Args:
-        model: ``SegFormer``, ``MiTClassifier`` or ``MiTBackbone``.
-        state_dict: dict of numpy arrays, or a path to a checkpoint file.
-        backbone_only: bool. Load only the encoder; head tensors in the
-            checkpoint are skipped and the model's head keeps its values.
-        source: str. Name used in messages.
-
-    Returns:
-        ``LoadReport``.
-    """
-    if isinstance(state_dict, (str, os.PathLike)):
-        source = source or os.fspath(state_dict)
-        state_dict = read_state_dict(state_dict)
-    state_dict = canonicalize(state_dict)
-    skip = [k for k in state_dict if k.endswith(SKIP_SUFFIXES)]
-    backbone = getattr(model, "backbone", model)
-    if backbone_only:
-        plan = backbone_plan(backbone)
-        skip += [k for k in state_dict if not k.startswith("segformer.")]
-    else:
-        plan = model_plan(model)
-    return assign(plan, state_dict, skip=skip, source=source or "checkpoint")
 
 
 def read_config(path):
@@ -307,145 +348,3 @@ def config_to_kwargs(config):
         "id2label": id2label,
     }
     return backbone, head
-
-
-def _task_of(config, state_dict):
-    archs = config.get("architectures") or []
-    for arch in archs:
-        if "SemanticSegmentation" in arch:
-            return "segmentation"
-        if "ImageClassification" in arch:
-            return "classification"
-        if arch == "SegformerModel":
-            return "backbone"
-    if any(k.startswith("decode_head.") for k in state_dict):
-        return "segmentation"
-    if any(k.startswith("classifier.") for k in state_dict):
-        return "classification"
-    return "backbone"
-
-
-def _resolve_directory(path_or_id):
-    if os.path.isdir(path_or_id):
-        return path_or_id
-    if os.path.exists(path_or_id):
-        raise ValueError(
-            f"{path_or_id!r} is a file; from_pretrained expects a directory "
-            "with config.json (use load_hf_weights for a bare weights file)."
-        )
-    if path_or_id.count("/") != 1 or path_or_id.startswith((".", "/")):
-        raise FileNotFoundError(f"No such directory: {path_or_id!r}")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:
-        raise ImportError(
-            f"{path_or_id!r} is not a local directory; downloading it from "
-            "the Hugging Face Hub needs `huggingface_hub`."
-        ) from e
-    try:
-        return snapshot_download(
-            path_or_id,
-            allow_patterns=["config.json", "*.safetensors", "*.json", "*.bin"],
-        )
-    except Exception as e:
-        raise OSError(
-            f"Could not fetch {path_or_id!r} from the Hugging Face Hub "
-            f"({type(e).__name__}: {e}). Offline? Pass a local directory "
-            "written by save_pretrained."
-        ) from e
-
-
-def from_pretrained(
-    path_or_id,
-    *,
-    task=None,
-    num_classes=None,
-    id2label=None,
-    backbone_only=False,
-    **kwargs,
-):
-    """Build the Keras model of a transformers SegFormer checkpoint.
-
-    Reads ``config.json`` and ``model.safetensors`` (or
-    ``pytorch_model.bin``, read with ``weights_only=True``) from a directory
-    written by ``save_pretrained``, or a Hub model id when online.
-
-    Args:
-        path_or_id: str. Local directory or Hub id
-            (e.g. ``"nvidia/segformer-b0-finetuned-ade-512-512"``).
-        task: str or None. ``"segmentation"``, ``"classification"`` or
-            ``"backbone"``; default from the config's ``architectures``.
-        num_classes: int or None. A different class count needs
-            ``backbone_only=True`` (fresh head).
-        id2label: dict or None. Class names for a new head.
-        backbone_only: bool. Load only the encoder weights.
-        **kwargs: backbone options: ``input_shape``,
-            ``include_preprocessing``, ``dtype``, ``drop_path_rate``, ...
-
-    Returns:
-        ``SegFormer``, ``MiTClassifier`` or ``MiTBackbone`` with the weights.
-        ``model.load_report`` says what was loaded.
-
-    Example:
-    >>> model = keras_segformer.from_pretrained("out/hf-b0")
-    """
-    directory = _resolve_directory(os.fspath(path_or_id))
-    config_path = os.path.join(directory, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"No config.json in {directory!r}.")
-    config = read_config(config_path)
-    weights = next(
-        (
-            os.path.join(directory, name)
-            for name in WEIGHT_FILES
-            if os.path.isfile(os.path.join(directory, name))
-        ),
-        None,
-    )
-    if weights is None:
-        raise FileNotFoundError(
-            f"No weights in {directory!r}: expected one of {WEIGHT_FILES}."
-        )
-    state_dict = canonicalize(read_state_dict(weights))
-    task = task or _task_of(config, state_dict)
-    if task not in ("segmentation", "classification", "backbone"):
-        raise ValueError(
-            "`task` must be 'segmentation', 'classification' or 'backbone'. "
-            f"Received: {task!r}"
-        )
-    backbone_kwargs, head_kwargs = config_to_kwargs(config)
-    if "input_shape" in kwargs and kwargs["input_shape"] is not None:
-        backbone_kwargs.pop("input_shape")
-    backbone_kwargs.update(kwargs)
-    backbone = build_mit(**backbone_kwargs)
-    if task == "backbone":
-        model = backbone
-        backbone_only = True
-    else:
-        if (
-            num_classes is not None
-            and num_classes != head_kwargs["num_classes"]
-            and not backbone_only
-        ):
-            raise ValueError(
-                f"The checkpoint has {head_kwargs['num_classes']} classes, "
-                f"num_classes={num_classes} was asked for: pass "
-                "backbone_only=True to load the encoder into a new head."
-            )
-        if num_classes is not None:
-            head_kwargs["num_classes"] = num_classes
-            head_kwargs["id2label"] = id2label
-        elif id2label is not None:
-            head_kwargs["id2label"] = id2label
-        if head_kwargs["num_classes"] is None:
-            raise ValueError("config.json gives no number of classes.")
-        if task == "segmentation":
-            model = SegFormer(backbone, **head_kwargs)
-        else:
-            head_kwargs.pop("decoder_hidden_size")
-            head_kwargs.pop("dropout")
-            model = MiTClassifier(backbone, **head_kwargs)
-    model.load_report = load_hf_weights(
-        model, state_dict, backbone_only=backbone_only, source=weights
-    )
-    return model

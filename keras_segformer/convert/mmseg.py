@@ -18,6 +18,7 @@ into ``SegFormer(..., head="mmseg")`` (``MMSegSegFormerHead``).
 
 import re
 
+from keras_segformer.convert import hf
 from keras_segformer.convert.state_dict import CheckpointError
 
 FORMAT_NAMES = {"mmseg": "mmsegmentation SegFormer checkpoint"}
@@ -63,20 +64,14 @@ def source_key(canonical, prefix="backbone."):
     Returns:
         ``(key, part, transform)`` as in ``nvlabs.source_key``.
     """
-    m = re.fullmatch(
-        r"segformer\.encoder\.patch_embeddings\.(\d+)\.(proj|layer_norm)"
-        r"\.(\w+)",
-        canonical,
-    )
-    if m:
-        s, module, param = int(m[1]), m[2], m[3]
+    parsed = hf.split_backbone_key(canonical)
+    kind, parts = parsed or (None, None)
+    if kind == "patch_embedding":
+        s, module, param = parts
         module = "projection" if module == "proj" else "norm"
         return f"{prefix}layers.{s}.0.{module}.{param}", None, None
-    m = re.fullmatch(
-        r"segformer\.encoder\.block\.(\d+)\.(\d+)\.(.+)\.(\w+)", canonical
-    )
-    if m:
-        s, j, module, param = int(m[1]), int(m[2]), m[3], m[4]
+    if kind == "block":
+        s, j, module, param = parts
         block = f"{prefix}layers.{s}.1.{j}"
         if module in _QKV:
             return f"{block}.attn.attn.in_proj_{param}", _QKV[module], None
@@ -85,9 +80,8 @@ def source_key(canonical, prefix="backbone."):
             if param != "weight":
                 transform = None
             return f"{block}.{name}.{param}", None, transform
-    m = re.fullmatch(r"segformer\.encoder\.layer_norm\.(\d+)\.(\w+)", canonical)
-    if m:
-        return f"{prefix}layers.{int(m[1])}.2.{m[2]}", None, None
+    if kind == "stage_norm":
+        return f"{prefix}layers.{parts[0]}.2.{parts[1]}", None, None
     if re.match(r"decode_head\.(convs\.\d+|fusion_conv|conv_seg)\.", canonical):
         return canonical, None, None
     raise CheckpointError(
@@ -136,3 +130,30 @@ def head_plan(model):
         ("decode_head.conv_seg.bias", head.classifier.bias, "identity"),
     ]
     return plan
+
+
+def head_info(shape):
+    """Task, head type, decoder width and classes of an mmseg checkpoint.
+
+    Args:
+        shape: callable, plan name -> shape tuple or ``None``.
+
+    Returns:
+        dict as ``hf.head_info``; the head is ``"mmseg"`` when there is one.
+    """
+    info = {
+        "task": "backbone",
+        "head": None,
+        "decoder_hidden_size": None,
+        "num_classes": None,
+    }
+    convs = shape(HEAD_SIGNATURE)
+    if convs is not None:
+        seg = shape("decode_head.conv_seg.weight")
+        info.update(
+            task="segmentation",
+            head="mmseg",
+            decoder_hidden_size=convs[0],
+            num_classes=None if seg is None else seg[0],
+        )
+    return info

@@ -22,6 +22,7 @@ in their outputs (measured below 1e-5 on the logits in the tests).
 
 import re
 
+from keras_segformer.convert import hf
 from keras_segformer.convert.state_dict import CheckpointError
 
 FORMAT_NAMES = {
@@ -80,28 +81,21 @@ def source_key(canonical, prefix="backbone."):
         ``(index, count, name)`` when the tensor is one of ``count`` equal
         slices along axis 0 of ``key``, and ``None`` (the plan's transform).
     """
-    m = re.fullmatch(
-        r"segformer\.encoder\.patch_embeddings\.(\d+)\.(proj|layer_norm)"
-        r"\.(\w+)",
-        canonical,
-    )
-    if m:
-        s, module, param = int(m[1]), m[2], m[3]
+    parsed = hf.split_backbone_key(canonical)
+    kind, parts = parsed or (None, None)
+    if kind == "patch_embedding":
+        s, module, param = parts
         module = "proj" if module == "proj" else "norm"
         return f"{prefix}patch_embed{s + 1}.{module}.{param}", None, None
-    m = re.fullmatch(
-        r"segformer\.encoder\.block\.(\d+)\.(\d+)\.(.+)\.(\w+)", canonical
-    )
-    if m:
-        s, j, module, param = int(m[1]), int(m[2]), m[3], m[4]
+    if kind == "block":
+        s, j, module, param = parts
         block = f"{prefix}block{s + 1}.{j}"
         if module in _KV:
             return f"{block}.attn.kv.{param}", _KV[module], None
         if module in _BLOCK:
             return f"{block}.{_BLOCK[module]}.{param}", None, None
-    m = re.fullmatch(r"segformer\.encoder\.layer_norm\.(\d+)\.(\w+)", canonical)
-    if m:
-        return f"{prefix}norm{int(m[1]) + 1}.{m[2]}", None, None
+    if kind == "stage_norm":
+        return f"{prefix}norm{parts[0] + 1}.{parts[1]}", None, None
     m = re.fullmatch(r"decode_head\.linear_c\.(\d+)\.proj\.(\w+)", canonical)
     if m:
         return f"decode_head.linear_c{int(m[1]) + 1}.proj.{m[2]}", None, None

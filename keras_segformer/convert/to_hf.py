@@ -1,6 +1,7 @@
 """Keras model -> transformers checkpoint (``config.json`` + safetensors).
 
-The inverse of ``hf.load_hf_weights``: the same plans, read backwards, so
+The inverse of ``load_checkpoint`` for transformers checkpoints: the same
+plans, read backwards, so
 ``SegformerForSemanticSegmentation.from_pretrained`` (or
 ``SegformerForImageClassification`` / ``SegformerModel``) loads the
 directory and gives the same numbers.
