@@ -164,50 +164,196 @@ def build_classifier(
     return MiTClassifier(backbone, num_classes, id2label=id2label, name=name)
 
 
-def _named(builder, variant, name, default_classes):
-    def named_builder(num_classes=default_classes, **kwargs):
-        return builder(num_classes, variant, **kwargs)
+# One docstring template per family, filled from the variant table (the
+# pattern of keras.applications' convnext.py): the functions below are
+# written out, one line each, so help() and an IDE show them.
+_OPTIONS_DOC = """
+        include_preprocessing: bool. Take raw 0-255 RGB and normalize
+            inside the model (default ``False``: ImageNet-normalized
+            pixels, like transformers' ``pixel_values``).
+        input_shape: tuple. ``(height, width, channels)``, ``None`` for
+            any size (default ``(None, None, 3)``).
+        drop_path_rate: float. Stochastic depth of the last block
+            (default 0.1).
+        {hidden_dropout}: float. Dropout after attention and Mix-FFN
+            (transformers' ``hidden_dropout_prob``, default 0.0).
+        attention_dropout: float. Dropout on attention probabilities
+            (default 0.0).
+        layer_norm_epsilon: float. Every LayerNorm's epsilon (1e-5).
+        dtype: dtype policy, e.g. ``"mixed_bfloat16"``.
+        depths, hidden_sizes, num_heads, sr_ratios, patch_sizes, strides,
+            mlp_ratios: per-stage lists that replace the variant's."""
 
-    named_builder.__name__ = named_builder.__qualname__ = name
-    named_builder.__doc__ = (
-        f"`{builder.__name__}` with the SegFormer-{variant.upper()} config "
-        f"(num_classes={default_classes} by default); see "
-        f"`{builder.__name__}` for the keyword arguments."
+_SEGFORMER_DOC = """SegFormer-{V}: semantic segmentation, MiT-{V} encoder.
+
+    Depths {depths}, hidden sizes {hidden_sizes}, an all-MLP decoder of
+    {decoder_hidden_size} channels (Xie et al. 2021, table 6). The model
+    returns logits at 1/4 of the image size and comes compiled with the
+    training recipe (``SegFormerLoss``, ``GroupedAdamW``, ``MeanIoU``).
+    ``build_segformer(num_classes, "{v}", ...)``.
+
+    Args:
+        num_classes: int. Output classes (default 150, ADE20K).
+        **kwargs: ``build_segformer`` arguments:
+        decoder_hidden_size: int. Decoder channels (default
+            {decoder_hidden_size}).
+        dropout: float. Dropout before the classifier only (transformers'
+            ``classifier_dropout_prob``, default 0.1); the encoder's is
+            ``hidden_dropout``.
+        id2label: dict or None. Class names.
+        head: str. ``"mlp"`` (paper, transformers) or ``"mmseg"``.
+        name: str. Model name (default ``"segformer"``).{options}
+
+    Returns:
+        ``SegFormer``.
+
+    Example:
+    >>> model = keras_segformer.{name}(num_classes=19)
+    >>> logits = model(np.zeros((1, 512, 1024, 3), "float32"))  # 128x256
+    """
+
+_MIT_DOC = """MiT-{V}: the Mix Transformer encoder alone.
+
+    Depths {depths}, hidden sizes {hidden_sizes}; returns the four stage
+    maps ``[c1, c2, c3, c4]`` at strides 4, 8, 16 and 32.
+    ``build_mit("{v}", ...)``.
+
+    Args:
+        **kwargs: ``MiTBackbone`` arguments:{options}
+        name: str. Model name (default ``"mit"``).
+
+    Returns:
+        ``MiTBackbone``.
+
+    Example:
+    >>> backbone = keras_segformer.{name}()
+    >>> c1, c2, c3, c4 = backbone(np.zeros((1, 64, 96, 3), "float32"))
+    """
+
+_CLASSIFIER_DOC = """MiT-{V} image classifier (ImageNet-style).
+
+    The MiT-{V} encoder (depths {depths}, hidden sizes {hidden_sizes}),
+    then the last stage's mean over positions and a linear classifier, as
+    transformers' ``SegformerForImageClassification``; comes compiled
+    (sparse cross-entropy, accuracy, AdamW).
+    ``build_classifier(num_classes, "{v}", ...)``.
+
+    Args:
+        num_classes: int. Output classes (default 1000, ImageNet-1k).
+        **kwargs: ``build_classifier`` arguments:
+        id2label: dict or None. Class names.
+        name: str. Model name (default ``"mit_classifier"``).{options}
+
+    Returns:
+        ``MiTClassifier``.
+
+    Example:
+    >>> model = keras_segformer.{name}(num_classes=10)
+    """
+
+
+def _doc(template, name, variant):
+    """``template`` filled from the variant table's row ``variant``."""
+    cfg = variant_config(variant)
+    hidden_dropout = "dropout" if template is _MIT_DOC else "hidden_dropout"
+    return template.format(
+        v=variant,
+        V=variant.upper(),
+        name=name,
+        depths=list(cfg["depths"]),
+        hidden_sizes=list(cfg["hidden_sizes"]),
+        decoder_hidden_size=cfg["decoder_hidden_size"],
+        options=_OPTIONS_DOC.format(hidden_dropout=hidden_dropout),
     )
-    return named_builder
 
 
-def _named_mit(variant):
-    def named_builder(**kwargs):
-        return build_mit(variant, **kwargs)
-
-    named_builder.__name__ = named_builder.__qualname__ = (
-        f"MiT{variant.upper()}"
-    )
-    named_builder.__doc__ = (
-        f"MiT-{variant.upper()} encoder returning [c1, c2, c3, c4]; see "
-        "`MiTBackbone` for the keyword arguments."
-    )
-    return named_builder
+def SegFormerB0(num_classes=150, **kwargs):
+    return build_segformer(num_classes, "b0", **kwargs)
 
 
-SegFormerB0 = _named(build_segformer, "b0", "SegFormerB0", 150)
-SegFormerB1 = _named(build_segformer, "b1", "SegFormerB1", 150)
-SegFormerB2 = _named(build_segformer, "b2", "SegFormerB2", 150)
-SegFormerB3 = _named(build_segformer, "b3", "SegFormerB3", 150)
-SegFormerB4 = _named(build_segformer, "b4", "SegFormerB4", 150)
-SegFormerB5 = _named(build_segformer, "b5", "SegFormerB5", 150)
+def SegFormerB1(num_classes=150, **kwargs):
+    return build_segformer(num_classes, "b1", **kwargs)
 
-MiTB0 = _named_mit("b0")
-MiTB1 = _named_mit("b1")
-MiTB2 = _named_mit("b2")
-MiTB3 = _named_mit("b3")
-MiTB4 = _named_mit("b4")
-MiTB5 = _named_mit("b5")
 
-MiTB0Classifier = _named(build_classifier, "b0", "MiTB0Classifier", 1000)
-MiTB1Classifier = _named(build_classifier, "b1", "MiTB1Classifier", 1000)
-MiTB2Classifier = _named(build_classifier, "b2", "MiTB2Classifier", 1000)
-MiTB3Classifier = _named(build_classifier, "b3", "MiTB3Classifier", 1000)
-MiTB4Classifier = _named(build_classifier, "b4", "MiTB4Classifier", 1000)
-MiTB5Classifier = _named(build_classifier, "b5", "MiTB5Classifier", 1000)
+def SegFormerB2(num_classes=150, **kwargs):
+    return build_segformer(num_classes, "b2", **kwargs)
+
+
+def SegFormerB3(num_classes=150, **kwargs):
+    return build_segformer(num_classes, "b3", **kwargs)
+
+
+def SegFormerB4(num_classes=150, **kwargs):
+    return build_segformer(num_classes, "b4", **kwargs)
+
+
+def SegFormerB5(num_classes=150, **kwargs):
+    return build_segformer(num_classes, "b5", **kwargs)
+
+
+def MiTB0(**kwargs):
+    return build_mit("b0", **kwargs)
+
+
+def MiTB1(**kwargs):
+    return build_mit("b1", **kwargs)
+
+
+def MiTB2(**kwargs):
+    return build_mit("b2", **kwargs)
+
+
+def MiTB3(**kwargs):
+    return build_mit("b3", **kwargs)
+
+
+def MiTB4(**kwargs):
+    return build_mit("b4", **kwargs)
+
+
+def MiTB5(**kwargs):
+    return build_mit("b5", **kwargs)
+
+
+def MiTB0Classifier(num_classes=1000, **kwargs):
+    return build_classifier(num_classes, "b0", **kwargs)
+
+
+def MiTB1Classifier(num_classes=1000, **kwargs):
+    return build_classifier(num_classes, "b1", **kwargs)
+
+
+def MiTB2Classifier(num_classes=1000, **kwargs):
+    return build_classifier(num_classes, "b2", **kwargs)
+
+
+def MiTB3Classifier(num_classes=1000, **kwargs):
+    return build_classifier(num_classes, "b3", **kwargs)
+
+
+def MiTB4Classifier(num_classes=1000, **kwargs):
+    return build_classifier(num_classes, "b4", **kwargs)
+
+
+def MiTB5Classifier(num_classes=1000, **kwargs):
+    return build_classifier(num_classes, "b5", **kwargs)
+
+
+SegFormerB0.__doc__ = _doc(_SEGFORMER_DOC, "SegFormerB0", "b0")
+SegFormerB1.__doc__ = _doc(_SEGFORMER_DOC, "SegFormerB1", "b1")
+SegFormerB2.__doc__ = _doc(_SEGFORMER_DOC, "SegFormerB2", "b2")
+SegFormerB3.__doc__ = _doc(_SEGFORMER_DOC, "SegFormerB3", "b3")
+SegFormerB4.__doc__ = _doc(_SEGFORMER_DOC, "SegFormerB4", "b4")
+SegFormerB5.__doc__ = _doc(_SEGFORMER_DOC, "SegFormerB5", "b5")
+MiTB0.__doc__ = _doc(_MIT_DOC, "MiTB0", "b0")
+MiTB1.__doc__ = _doc(_MIT_DOC, "MiTB1", "b1")
+MiTB2.__doc__ = _doc(_MIT_DOC, "MiTB2", "b2")
+MiTB3.__doc__ = _doc(_MIT_DOC, "MiTB3", "b3")
+MiTB4.__doc__ = _doc(_MIT_DOC, "MiTB4", "b4")
+MiTB5.__doc__ = _doc(_MIT_DOC, "MiTB5", "b5")
+MiTB0Classifier.__doc__ = _doc(_CLASSIFIER_DOC, "MiTB0Classifier", "b0")
+MiTB1Classifier.__doc__ = _doc(_CLASSIFIER_DOC, "MiTB1Classifier", "b1")
+MiTB2Classifier.__doc__ = _doc(_CLASSIFIER_DOC, "MiTB2Classifier", "b2")
+MiTB3Classifier.__doc__ = _doc(_CLASSIFIER_DOC, "MiTB3Classifier", "b3")
+MiTB4Classifier.__doc__ = _doc(_CLASSIFIER_DOC, "MiTB4Classifier", "b4")
+MiTB5Classifier.__doc__ = _doc(_CLASSIFIER_DOC, "MiTB5Classifier", "b5")
