@@ -13,6 +13,7 @@ format), are bounds-checked and copied into numpy arrays.
 """
 
 import collections
+import contextlib
 import io
 import os
 import pickle
@@ -192,6 +193,15 @@ def _itemsize(dtype):
     return np.dtype("uint16" if dtype == "bfloat16" else dtype).itemsize
 
 
+def _children(obj, name):
+    """``(key, value, name)`` of each item of a dict, list or tuple."""
+    if isinstance(obj, dict):
+        return [
+            (k, v, f"{name}.{k}" if name else str(k)) for k, v in obj.items()
+        ]
+    return [(i, v, f"{name}[{i}]") for i, v in enumerate(obj)]
+
+
 def tensor_names(obj, depth=0, name=""):
     """``{storage key: name of the first tensor using it}`` in ``obj``."""
     names = {}
@@ -199,14 +209,8 @@ def tensor_names(obj, depth=0, name=""):
         return names
     if isinstance(obj, _LazyTensor):
         names[obj.storage.key] = name or "<tensor>"
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            inner = f"{name}.{key}" if name else str(key)
-            for k, v in tensor_names(value, depth + 1, inner).items():
-                names.setdefault(k, v)
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            inner = f"{name}[{i}]" if name else f"[{i}]"
+    elif isinstance(obj, (dict, list, tuple)):
+        for _, value, inner in _children(obj, name):
             for k, v in tensor_names(value, depth + 1, inner).items():
                 names.setdefault(k, v)
     return names
@@ -271,18 +275,49 @@ def _resolve(obj, storages, depth=0, name=""):
         return _materialize(obj, storages, name or "<tensor>")
     if isinstance(obj, dict):
         out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
-        for key, value in obj.items():
-            inner = f"{name}.{key}" if name else str(key)
+        for key, value, inner in _children(obj, name):
             out[key] = _resolve(value, storages, depth + 1, inner)
         return out
     if isinstance(obj, (list, tuple)):
         return type(obj)(
-            _resolve(v, storages, depth + 1, f"{name}[{i}]")
-            for i, v in enumerate(obj)
+            _resolve(v, storages, depth + 1, inner)
+            for _, v, inner in _children(obj, name)
         )
     if isinstance(obj, (_Storage, _StorageType)):
         raise CheckpointError("The pickle holds a bare storage.")
     return obj
+
+
+class _StorageIndex(dict):
+    """The storages a pickle names, ``key -> (dtype, numel)``; called as
+    ``RestrictedUnpickler``'s ``storage_key``. A storage read with two
+    dtypes is refused."""
+
+    def __call__(self, key, dtype, numel, view):
+        known = self.setdefault(key, (dtype, numel))
+        if known[0] != dtype:
+            raise CheckpointError(
+                f"Storage {key} is read with two dtypes ({known[0]}, {dtype})."
+            )
+        return _Storage(key, dtype, numel, view)
+
+
+@contextlib.contextmanager
+def _reading(path):
+    """Turn what a damaged file makes the readers raise into one
+    ``CheckpointError`` naming the file."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path!r} is truncated or corrupt: {type(e).__name__}: {e}"
+        ) from e
+    except (pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"Could not unpickle {path!r}: {type(e).__name__}: {e}"
+        ) from e
 
 
 def _load_zip(path):
@@ -308,47 +343,21 @@ def _load_zip(path):
             byteorder = archive.read(prefix + "byteorder").decode()
             if byteorder not in ("little", "big"):
                 raise CheckpointError(f"Unknown byte order {byteorder!r}.")
-        wanted = {}
-
-        def storage_key(key, dtype, numel, view):
-            known = wanted.setdefault(key, (dtype, numel))
-            if known[0] != dtype:
-                raise CheckpointError(
-                    f"Storage {key} is read with two dtypes ({known[0]}, "
-                    f"{dtype})."
-                )
-            return _Storage(key, dtype, numel, view)
-
-        try:
+        wanted = _StorageIndex()
+        with _reading(path):
             data = archive.read(pickles[0])
-            obj = RestrictedUnpickler(io.BytesIO(data), storage_key).load()
+            obj = RestrictedUnpickler(io.BytesIO(data), wanted).load()
             storages = {}
             tensors = tensor_names(obj)
             for key, (dtype, numel) in wanted.items():
                 entry = f"{prefix}data/{key}"
                 if entry not in names:
                     raise CheckpointError(f"Storage {entry!r} is missing.")
-                _check_claim(
-                    path,
-                    key,
-                    dtype,
-                    numel,
-                    archive.getinfo(entry).file_size,
-                    tensors,
-                )
+                size = archive.getinfo(entry).file_size
+                _check_claim(path, key, dtype, numel, size, tensors)
                 storages[key] = _decode(
                     archive.read(entry), dtype, numel, byteorder, entry
                 )
-        except CheckpointError:
-            raise
-        except (zipfile.BadZipFile, EOFError, OSError, RuntimeError) as e:
-            raise CheckpointError(
-                f"{path!r} is truncated or corrupt: {type(e).__name__}: {e}"
-            ) from e
-        except (pickle.UnpicklingError, ValueError, TypeError) as e:
-            raise CheckpointError(
-                f"Could not unpickle {path!r}: {type(e).__name__}: {e}"
-            ) from e
         return _resolve(obj, storages)
 
 
@@ -373,76 +382,52 @@ def _load_legacy(path, read_data=True):
     With ``read_data=False`` only the sizes are checked (nothing returned).
     """
     file_size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        try:
-            magic = _plain_load(f)
-            if magic != _LEGACY_MAGIC:
-                raise CheckpointError(
-                    f"{path!r} is neither a zip nor a legacy torch.save "
-                    "file (bad magic number)."
-                )
-            protocol = _plain_load(f)
-            if protocol != _LEGACY_PROTOCOL:
-                raise CheckpointError(
-                    f"Unknown legacy torch.save protocol {protocol!r}."
-                )
-            _plain_load(f)  # sys info; legacy data is always little-endian
-            roots = {}
-
-            def storage_key(key, dtype, numel, view):
-                known = roots.setdefault(key, (dtype, numel))
-                if known[0] != dtype:
-                    raise CheckpointError(
-                        f"Storage {key} is read with two dtypes."
-                    )
-                return _Storage(key, dtype, numel, view)
-
-            obj = RestrictedUnpickler(f, storage_key).load()
-            keys = _plain_load(f)
-            if not isinstance(keys, list):
-                raise CheckpointError("Bad storage key list.")
-            storages = {}
-            tensors = tensor_names(obj)
-            for key, (dtype, numel) in roots.items():
-                # torch allocates these sizes while unpickling.
-                _check_claim(
-                    path, key, dtype, numel, file_size - f.tell(), tensors
-                )
-            for key in keys:
-                key = str(key)
-                if key not in roots:
-                    raise CheckpointError(f"Unknown storage key {key!r}.")
-                dtype, _ = roots[key]
-                header = f.read(8)
-                if len(header) != 8:
-                    raise EOFError("storage header")
-                (numel,) = struct.unpack("<q", header)
-                if numel < 0:
-                    raise CheckpointError(f"Bad storage size {numel}.")
-                available = file_size - f.tell()
-                _check_claim(path, key, dtype, numel, available, tensors)
-                if not read_data:
-                    f.seek(numel * _itemsize(dtype), os.SEEK_CUR)
-                    continue
-                buffer = f.read(numel * _itemsize(dtype))
-                storages[key] = _decode(
-                    buffer, dtype, numel, "little", f"{key!r}"
-                )
+    with open(path, "rb") as f, _reading(path):
+        magic = _plain_load(f)
+        if magic != _LEGACY_MAGIC:
+            raise CheckpointError(
+                f"{path!r} is neither a zip nor a legacy torch.save "
+                "file (bad magic number)."
+            )
+        protocol = _plain_load(f)
+        if protocol != _LEGACY_PROTOCOL:
+            raise CheckpointError(
+                f"Unknown legacy torch.save protocol {protocol!r}."
+            )
+        _plain_load(f)  # sys info; legacy data is always little-endian
+        roots = _StorageIndex()
+        obj = RestrictedUnpickler(f, roots).load()
+        keys = _plain_load(f)
+        if not isinstance(keys, list):
+            raise CheckpointError("Bad storage key list.")
+        storages = {}
+        tensors = tensor_names(obj)
+        for key, (dtype, numel) in roots.items():
+            # torch allocates these sizes while unpickling.
+            _check_claim(path, key, dtype, numel, file_size - f.tell(), tensors)
+        for key in keys:
+            key = str(key)
+            if key not in roots:
+                raise CheckpointError(f"Unknown storage key {key!r}.")
+            dtype, _ = roots[key]
+            header = f.read(8)
+            if len(header) != 8:
+                raise EOFError("storage header")
+            (numel,) = struct.unpack("<q", header)
+            if numel < 0:
+                raise CheckpointError(f"Bad storage size {numel}.")
+            available = file_size - f.tell()
+            _check_claim(path, key, dtype, numel, available, tensors)
             if not read_data:
-                return None
-            missing = sorted(set(roots) - set(storages))
-            if missing:
-                raise CheckpointError(f"Storages {missing} are missing.")
-        except CheckpointError:
-            raise
-        except (EOFError, OSError, RuntimeError) as e:
-            raise CheckpointError(
-                f"{path!r} is truncated or corrupt: {type(e).__name__}: {e}"
-            ) from e
-        except (pickle.UnpicklingError, ValueError, TypeError) as e:
-            raise CheckpointError(
-                f"Could not unpickle {path!r}: {type(e).__name__}: {e}"
-            ) from e
+                f.seek(numel * _itemsize(dtype), os.SEEK_CUR)
+                continue
+            buffer = f.read(numel * _itemsize(dtype))
+            storages[key] = _decode(buffer, dtype, numel, "little", f"{key!r}")
+        if not read_data:
+            return None
+        missing = sorted(set(roots) - set(storages))
+        if missing:
+            raise CheckpointError(f"Storages {missing} are missing.")
     return _resolve(obj, storages)
 
 
