@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_segformer import kernels
-from keras_segformer.layers.resize import resize_bilinear
+from keras_segformer.ops import losses as kernels
+from keras_segformer.ops.resize import resize_bilinear
 
 
 def _generic_ce(logits, labels):
@@ -68,8 +68,6 @@ def test_argmax_matches_keras():
 def test_chunked_attention_equals_one_call(monkeypatch):
     """Attention with queries in chunks (JAX, large score matrices) gives
     the single call's numbers; TensorFlow's batched-matmul attention too."""
-    from keras_segformer.layers import attention
-
     rng = np.random.default_rng(0)
     # 97 queries: chunks of 25 + padding; 3 heads, 13 keys.
     q, k, v = (
@@ -78,10 +76,14 @@ def test_chunked_attention_equals_one_call(monkeypatch):
     )
     expected = ops.convert_to_numpy(ops.dot_product_attention(q, k, v))
     if keras.backend.backend() == "jax":
-        monkeypatch.setattr(attention, "JAX_SCORE_CHUNK", 2 * 3 * 13 * 25)
-        got = attention._attention_jax(q, k, v)
+        from keras_segformer.ops import _jax
+
+        monkeypatch.setattr(_jax, "SCORE_CHUNK", 2 * 3 * 13 * 25)
+        got = _jax.attention(q, k, v)
     elif keras.backend.backend() == "tensorflow":
-        got = attention._attention_tf(q, k, v, heads=3)
+        from keras_segformer.ops import _tensorflow
+
+        got = _tensorflow.attention(q, k, v)
     else:
         pytest.skip("PyTorch uses keras.ops.dot_product_attention as is")
     got = ops.convert_to_numpy(got)
@@ -160,7 +162,8 @@ def test_lerp_take_gradient_is_the_gathers_gradient(axis, size):
     import jax
     import jax.numpy as jnp
 
-    from keras_segformer.layers.resize import lerp_take, source_indices
+    from keras_segformer.ops._jax import lerp_take
+    from keras_segformer.ops.resize import source_indices
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, 7, 9, 3)).astype("float32")
@@ -224,9 +227,9 @@ def test_training_attention_gradient_equals_plain_softmax(monkeypatch):
     import jax
     import jax.numpy as jnp
 
-    from keras_segformer.layers import attention
+    from keras_segformer.ops import _jax
 
-    monkeypatch.setattr(attention, "JAX_SCORE_CHUNK", 2 * 3 * 13 * 25)
+    monkeypatch.setattr(_jax, "SCORE_CHUNK", 2 * 3 * 13 * 25)
     rng = np.random.default_rng(4)
     q, k, v = (
         rng.standard_normal((2, n, 3, 8)).astype("float32")
@@ -241,9 +244,7 @@ def test_training_attention_gradient_equals_plain_softmax(monkeypatch):
             )
         )(q, k, v)
 
-    value, grads = loss(
-        lambda q, k, v: attention._attention_jax(q, k, v, training=True)
-    )
+    value, grads = loss(lambda q, k, v: _jax.attention(q, k, v, training=True))
     ref_value, ref_grads = loss(
         lambda q, k, v: jax.nn.dot_product_attention(q, k, v)
     )
@@ -256,11 +257,11 @@ def _shifted_depthwise(x, kernel):
     """Autodiff reference: the depthwise convolution as shifted slices."""
     import jax.numpy as jnp
 
-    from keras_segformer.layers import fast
+    from keras_segformer.ops import _jax
 
     kh, kw = kernel.shape[:2]
     pads = ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))
-    return fast._shifted_sum(jnp.pad(x, pads), kernel, x.shape[1], x.shape[2])
+    return _jax.shifted_sum(jnp.pad(x, pads), kernel, x.shape[1], x.shape[2])
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX depthwise")
@@ -274,7 +275,7 @@ def test_depthwise_gradient_equals_autodiff(kernel_size, shape):
     import jax
     import jax.numpy as jnp
 
-    from keras_segformer.layers import fast
+    from keras_segformer.ops import _jax
 
     rng = np.random.default_rng(5)
     x = rng.normal(size=shape).astype("float32")
@@ -288,11 +289,9 @@ def test_depthwise_gradient_equals_autodiff(kernel_size, shape):
         )(x, kernel)
 
     np.testing.assert_array_equal(
-        fast._depthwise_jax(x, kernel), _shifted_depthwise(x, kernel)
+        _jax.depthwise(x, kernel), _shifted_depthwise(x, kernel)
     )
-    for got, expected in zip(
-        grads(fast._depthwise_jax), grads(_shifted_depthwise)
-    ):
+    for got, expected in zip(grads(_jax.depthwise), grads(_shifted_depthwise)):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
@@ -301,13 +300,13 @@ def test_gelu_gradient_equals_autodiff():
     import jax
     import jax.numpy as jnp
 
-    from keras_segformer.layers import fast
+    from keras_segformer.ops import _jax
 
     x = np.linspace(-8, 8, 2001).astype("float32")
     np.testing.assert_array_equal(
-        fast.gelu(x), jax.nn.gelu(x, approximate=False)
+        _jax.gelu(x), jax.nn.gelu(x, approximate=False)
     )
-    got = jax.grad(lambda t: jnp.sum(fast.gelu(t)))(x)
+    got = jax.grad(lambda t: jnp.sum(_jax.gelu(t)))(x)
     expected = jax.grad(lambda t: jnp.sum(jax.nn.gelu(t, approximate=False)))(x)
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
 
@@ -341,8 +340,8 @@ def test_mix_ffn_gradient_keeps_few_maps():
     import jax
     import jax.numpy as jnp
 
-    from keras_segformer.layers import fast
     from keras_segformer.layers.mix_ffn import MixFFN
+    from keras_segformer.ops import _jax
 
     keras.utils.set_random_seed(7)
     layer = MixFFN(32, 128)
@@ -364,8 +363,10 @@ def test_mix_ffn_gradient_keeps_few_maps():
 
     kept, scratch = kept_and_scratch()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fast, "_depthwise_jax", _shifted_depthwise)
-        patch.setattr(fast, "gelu", lambda t: jax.nn.gelu(t, approximate=False))
+        patch.setattr(_jax, "depthwise", _shifted_depthwise)
+        patch.setattr(
+            _jax, "_gelu", lambda t: jax.nn.gelu(t, approximate=False)
+        )
         plain_kept, plain_scratch = kept_and_scratch()
     assert 3 * one_map <= kept < 3.5 * one_map, (kept, one_map)
     assert plain_kept > 12 * one_map, (plain_kept, one_map)

@@ -39,7 +39,7 @@ from keras_segformer.decode import (
     pil_to_rgb,
 )
 from keras_segformer.layers.preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from keras_segformer.layers.resize import source_indices
+from keras_segformer.ops.resize import source_indices
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,

@@ -10,7 +10,7 @@ from keras_segformer.layers.mix_ffn import MixFFN
 from keras_segformer.layers.mmseg_head import MMSegSegFormerHead
 from keras_segformer.layers.patch_embedding import OverlappingPatchEmbedding
 from keras_segformer.layers.preprocessing import ImageNormalization
-from keras_segformer.layers.resize import resize_bilinear
+from keras_segformer.ops.resize import resize_bilinear
 
 __all__ = [
     "DropPath",

@@ -4,9 +4,9 @@ import keras
 from keras import ops
 
 from keras_segformer.configs import check_positive_int, check_rate
-from keras_segformer.layers import fast
 from keras_segformer.layers.init import kernel_init
-from keras_segformer.layers.resize import resize_bilinear
+from keras_segformer.ops import nn
+from keras_segformer.ops.resize import resize_bilinear
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -117,7 +117,7 @@ class SegFormerHead(keras.layers.Layer):
             x = y if x is None else x + y
         x = ops.relu(self.batch_norm(x, training=training))
         x = self.dropout(x, training=training)
-        return fast.dense(self.classifier, x)
+        return nn.dense(self.classifier, x)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0][:-1]) + (self.num_classes,)

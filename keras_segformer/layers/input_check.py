@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_segformer.ops.checks import assert_image_size
+
 
 def check_image_shape(shape, min_size, channels=None):
     """Raise ``ValueError`` unless ``shape`` is a batch the network can run.
@@ -96,46 +98,6 @@ class ImageInputChecks:
         return super().predict_on_batch(x)
 
 
-def _assert_in_graph(x, min_size, unknown):
-    """TensorFlow only: the checks of ``check_image_shape`` as graph ops.
-
-    Keras compiles its predict, test and train steps with
-    ``tf.function(reduce_retracing=True)``: after a few sizes the step is
-    traced once with unknown batch, height and width and reused for every
-    later size, so a Python check sees None. The assertions run on every
-    call of the graph.
-    """
-    import tensorflow as tf
-
-    shape = tf.shape(x)
-    checks = []
-    if unknown[0]:
-        checks.append(
-            tf.debugging.Assert(
-                shape[0] > 0,
-                ["The batch holds no images. Received shape:", shape],
-            )
-        )
-    if unknown[1] or unknown[2]:
-        checks.append(
-            tf.debugging.Assert(
-                tf.reduce_min(shape[1:3]) >= min_size,
-                [
-                    "Image is too small: this network needs at least "
-                    f"{min_size}x{min_size} pixels. Received shape:",
-                    shape,
-                ],
-            )
-        )
-    # XLA compiles Assert to nothing, but compiles each concrete size
-    # and rejects a slice out of bounds: this slice needs one image of
-    # min_size x min_size (its message is TensorFlow's own).
-    with tf.control_dependencies(checks):
-        guard = tf.slice(x, [0, min_size - 1, min_size - 1, 0], [1, 1, 1, -1])
-    with tf.control_dependencies([guard]):
-        return tf.identity(x)
-
-
 @keras.saving.register_keras_serializable(package="keras_segformer")
 class InputCheck(keras.layers.Layer):
     """Identity that rejects batches the network cannot run.
@@ -162,8 +124,8 @@ class InputCheck(keras.layers.Layer):
         shape = tuple(x.shape)
         check_image_shape(shape, self.min_size, self.channels)
         unknown = [n is None for n in shape[:3]]
-        if any(unknown) and keras.backend.backend() == "tensorflow":
-            x = _assert_in_graph(x, self.min_size, unknown)
+        if any(unknown):
+            x = assert_image_size(x, self.min_size, unknown)
         return x
 
     def compute_output_shape(self, input_shape):

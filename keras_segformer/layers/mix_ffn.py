@@ -2,8 +2,8 @@
 
 import keras
 
-from keras_segformer.layers import fast
 from keras_segformer.layers.init import kernel_init
+from keras_segformer.ops import nn
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -52,11 +52,11 @@ class MixFFN(keras.layers.Layer):
         self.dense2.build(mid)
 
     def call(self, x, training=None):
-        x = fast.depthwise_conv2d(self.dwconv, fast.dense(self.dense1, x))
+        x = nn.depthwise_conv2d(self.dwconv, nn.dense(self.dense1, x))
         # Exact (erf) GELU, as in the reference; not the tanh approximation.
-        x = fast.gelu(x)
+        x = nn.gelu(x)
         x = self.dropout(x, training=training)
-        x = fast.dense(self.dense2, x)
+        x = nn.dense(self.dense2, x)
         return self.dropout(x, training=training)
 
     def compute_output_shape(self, input_shape):

@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_segformer.configs import check_positive_int, check_rate
 from keras_segformer.layers.init import kernel_init
-from keras_segformer.layers.resize import resize_bilinear
+from keras_segformer.ops.resize import resize_bilinear
 
 
 def _batch_norm(name, policy):

@@ -2,9 +2,9 @@
 
 import keras
 
-from keras_segformer.layers import fast
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.layer_norm import LayerNorm
+from keras_segformer.ops import nn
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -59,7 +59,7 @@ class OverlappingPatchEmbedding(keras.layers.Layer):
         self.layer_norm.build(self.proj.compute_output_shape(padded))
 
     def call(self, x):
-        x = fast.conv2d(self.proj, x, padding=self.patch_size // 2)
+        x = nn.conv2d(self.proj, x, padding=self.patch_size // 2)
         return self.layer_norm(x)
 
     def compute_output_shape(self, input_shape):

@@ -13,6 +13,7 @@ from keras_segformer.layers import MMSegSegFormerHead, SegFormerHead
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.input_check import ImageInputChecks
 from keras_segformer.models.mit import MiTBackbone
+from keras_segformer.ops import default_jit_compile
 from keras_segformer.training.distribute import (
     num_replicas,
     synchronize_batch_norm,
@@ -150,8 +151,8 @@ class _TaskModel(ImageInputChecks, keras.Model):
         if _is_auto(metrics):
             metrics = defaults["metrics"]()
         self._foreign_objectives = _foreign_objectives(loss, metrics)
-        if jit_compile == "auto" and keras.backend.backend() == "tensorflow":
-            jit_compile = False
+        if jit_compile == "auto":
+            jit_compile = default_jit_compile()
         if num_replicas(self) > 1:
             synchronize_batch_norm(self)
         # Keras keeps the previous loss and metrics when given None; an

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_segformer import kernels
-from keras_segformer.layers.resize import resize_bilinear
+from keras_segformer.ops import losses as loss_ops
+from keras_segformer.ops.resize import resize_bilinear
 from keras_segformer.training.distribute import sum_over_replicas
 
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
@@ -193,7 +193,7 @@ class SegFormerLoss(keras.losses.Loss):
             )
         num_classes = logits.shape[-1]
         labels = _as_labels(y_true)
-        size = kernels.spatial_size(labels)
+        size = loss_ops.spatial_size(labels)
         upsample = tuple(logits.shape[1:3]) != size
         if upsample and num_classes == 1:
             logits = resize_bilinear(logits, size)
@@ -232,9 +232,9 @@ class SegFormerLoss(keras.losses.Loss):
             # fused kernel (the gather's gradient is a slow scatter-add);
             # upsampled in bands, never a full-resolution logit map.
             if upsample:
-                losses = kernels.upsampled_cross_entropy(logits, safe)
+                losses = loss_ops.upsampled_cross_entropy(logits, safe)
             else:
-                losses = kernels.softmax_cross_entropy(logits, safe)
+                losses = loss_ops.softmax_cross_entropy(logits, safe)
 
         weights = ops.cast(valid, losses.dtype)
         if self.class_weights is not None:

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_segformer import kernels
-from keras_segformer.layers.resize import resize_bilinear
+from keras_segformer.ops import losses as loss_ops
+from keras_segformer.ops.resize import resize_bilinear
 from keras_segformer.training.losses import (
     _as_labels,
     _broadcast_sample_weight,
@@ -117,7 +117,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         """
         k = self.num_classes
         labels = _as_labels(y_true)
-        predictions = self._predictions(y_pred, kernels.spatial_size(labels))
+        predictions = self._predictions(y_pred, loss_ops.spatial_size(labels))
         valid = ops.logical_and(
             ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, k)),
             ops.logical_and(
@@ -168,8 +168,8 @@ class ConfusionMatrix(keras.metrics.Metric):
             return ops.cast(ops.greater(logits[..., 0], 0.0), "int32")
         if upsample:
             # In bands of rows: no full-resolution logit map.
-            return kernels.upsampled_argmax(logits, size)
-        return kernels.argmax(logits, axis=-1)
+            return loss_ops.upsampled_argmax(logits, size)
+        return loss_ops.argmax(logits, axis=-1)
 
     def result(self):
         return self.confusion.value

@@ -1,0 +1,90 @@
+"""TensorFlow fast versions, measured on CPU (the 2-core development
+machine), and the in-graph input check (needed on every device).
+
+The Keras layers already map to fused oneDNN kernels, so dense and the
+convolutions need nothing here.
+"""
+
+import tensorflow as tf
+from keras import ops
+
+from keras_segformer.ops import attention as attention_ops
+from keras_segformer.ops import checks, losses, resize
+from keras_segformer.ops.dispatch import DEVICE_KINDS
+
+
+@attention_ops.attention.register("tensorflow", "cpu")
+def attention(q, k, v, training=False):
+    """Batched ``tf.matmul``: Keras' TensorFlow ``dot_product_attention``
+    goes through ``tf.einsum``, which transposes every operand; with one
+    head (stage 1, the longest sequence) no transpose is needed at all.
+    The scale is applied to the queries (``dim`` wide) rather than the
+    scores (``keys`` wide)."""
+    heads = q.shape[2]
+    scale = ops.cast(q.shape[-1] ** -0.5, q.dtype)
+    if heads == 1:
+        scores = tf.matmul(q[:, :, 0] * scale, k[:, :, 0], transpose_b=True)
+        probs = tf.cast(tf.nn.softmax(tf.cast(scores, "float32")), v.dtype)
+        return tf.matmul(probs, v[:, :, 0])[:, :, None]
+    q, k, v = (tf.transpose(t, (0, 2, 1, 3)) for t in (q * scale, k, v))
+    scores = tf.matmul(q, k, transpose_b=True)
+    probs = tf.cast(tf.nn.softmax(tf.cast(scores, "float32")), v.dtype)
+    return tf.transpose(tf.matmul(probs, v), (0, 2, 1, 3))
+
+
+@resize.resize_bilinear.register("tensorflow", "cpu")
+def resize_bilinear(x, size):
+    """``tf.image.resize``: one 2-D kernel, symbolic sizes accepted."""
+    out = tf.image.resize(x, size, method="bilinear", antialias=False)
+    return tf.cast(out, x.dtype)  # tf.image.resize returns float32
+
+
+@losses.softmax_cross_entropy.register("tensorflow", "cpu")
+def softmax_cross_entropy(logits, labels):
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, "int32"), logits=logits
+    )
+
+
+@losses.argmax.register("tensorflow", "cpu")
+def argmax(x, axis=-1):
+    return tf.argmax(x, axis=axis, output_type="int32")
+
+
+@checks.assert_image_size.register("tensorflow", *DEVICE_KINDS, always=True)
+def assert_image_size(x, min_size, unknown):
+    """The checks of ``layers.input_check.check_image_shape`` as graph ops.
+
+    Keras compiles its predict, test and train steps with
+    ``tf.function(reduce_retracing=True)``: after a few sizes the step is
+    traced once with unknown batch, height and width and reused for every
+    later size, so a Python check sees None. The assertions run on every
+    call of the graph.
+    """
+    shape = tf.shape(x)
+    asserts = []
+    if unknown[0]:
+        asserts.append(
+            tf.debugging.Assert(
+                shape[0] > 0,
+                ["The batch holds no images. Received shape:", shape],
+            )
+        )
+    if unknown[1] or unknown[2]:
+        asserts.append(
+            tf.debugging.Assert(
+                tf.reduce_min(shape[1:3]) >= min_size,
+                [
+                    "Image is too small: this network needs at least "
+                    f"{min_size}x{min_size} pixels. Received shape:",
+                    shape,
+                ],
+            )
+        )
+    # XLA compiles Assert to nothing, but compiles each concrete size
+    # and rejects a slice out of bounds: this slice needs one image of
+    # min_size x min_size (its message is TensorFlow's own).
+    with tf.control_dependencies(asserts):
+        guard = tf.slice(x, [0, min_size - 1, min_size - 1, 0], [1, 1, 1, -1])
+    with tf.control_dependencies([guard]):
+        return tf.identity(x)
