@@ -8,6 +8,7 @@ names of transformers 5.x (``segformer.stages.{i}.blocks.{j}.attention.q_proj``
 
 import json
 import re
+from dataclasses import dataclass
 
 from keras_segformer.convert.state_dict import CheckpointError
 from keras_segformer.models.segformer import MiTClassifier, SegFormer
@@ -85,8 +86,7 @@ _BACKBONE_KEYS = (
 def split_backbone_key(canonical):
     """Parse a canonical encoder name into its parts.
 
-    The foreign formats (``nvlabs.py``, ``mmseg.py``) rename from these
-    parts.
+    The foreign formats rename from these parts (``EncoderKeyMap``).
 
     Args:
         canonical: str. A key of ``backbone_plan``.
@@ -105,6 +105,66 @@ def split_backbone_key(canonical):
     return None
 
 
+@dataclass(frozen=True)
+class EncoderKeyMap:
+    """A foreign format's names of the encoder's tensors: a rename table.
+
+    The templates take ``prefix`` (the checkpoint's backbone prefix),
+    ``stage`` (0-based), ``stage1`` (1-based), ``block`` and ``param``.
+
+    Args:
+        patch_embedding: dict. ``"proj"`` and ``"layer_norm"`` -> template.
+        block: str. Template of a block's name; its modules follow.
+        modules: dict. Canonical block module -> ``(name, transform)``;
+            the transform replaces the plan's for weights (``None``: keep).
+        fused: dict. Canonical block module -> ``(template, part)``: the
+            tensor is slice ``part = (index, count, name)`` of a fused one.
+        stage_norm: str. Template of the stage norms.
+    """
+
+    patch_embedding: dict
+    block: str
+    modules: dict
+    fused: dict
+    stage_norm: str
+
+    def rename(self, canonical, prefix):
+        """``(key, part, transform)`` of an encoder name, else ``None``."""
+        parsed = split_backbone_key(canonical)
+        if parsed is None:
+            return None
+        kind, parts = parsed
+        names = {"prefix": prefix, "stage": parts[0], "stage1": parts[0] + 1}
+        if kind == "patch_embedding":
+            _, module, param = parts
+            key = self.patch_embedding[module].format(param=param, **names)
+            return key, None, None
+        if kind == "stage_norm":
+            return self.stage_norm.format(param=parts[1], **names), None, None
+        _, j, module, param = parts
+        block = self.block.format(block=j, **names)
+        if module in self.fused:
+            template, part = self.fused[module]
+            return f"{block}.{template.format(param=param)}", part, None
+        if module in self.modules:
+            name, transform = self.modules[module]
+            transform = transform if param == "weight" else None
+            return f"{block}.{name}.{param}", None, transform
+        return None
+
+
+def head_fields(
+    task="backbone", head=None, decoder_hidden_size=None, num_classes=None
+):
+    """What a checkpoint's head is, as ``infer_architecture`` reports it."""
+    return {
+        "task": task,
+        "head": head,
+        "decoder_hidden_size": decoder_hidden_size,
+        "num_classes": num_classes,
+    }
+
+
 def head_info(shape):
     """Task, head type, decoder width and classes of a checkpoint whose
     tensors have the canonical (transformers) head names.
@@ -113,28 +173,16 @@ def head_info(shape):
         shape: callable, canonical name -> shape tuple or ``None``.
 
     Returns:
-        dict with ``task``, ``head``, ``decoder_hidden_size``,
-        ``num_classes`` (``None`` where there is no head).
+        ``head_fields`` (``None`` where there is no head).
     """
-    info = {
-        "task": "backbone",
-        "head": None,
-        "decoder_hidden_size": None,
-        "num_classes": None,
-    }
     linear = shape("decode_head.linear_c.0.proj.weight")
-    cls = shape("classifier.weight")
     if linear is not None:
         pred = shape("decode_head.classifier.weight")
-        info.update(
-            task="segmentation",
-            head="mlp",
-            decoder_hidden_size=linear[0],
-            num_classes=None if pred is None else pred[0],
-        )
-    elif cls is not None:
-        info.update(task="classification", num_classes=cls[0])
-    return info
+        return head_fields("segmentation", "mlp", linear[0], pred and pred[0])
+    cls = shape("classifier.weight")
+    if cls is not None:
+        return head_fields("classification", num_classes=cls[0])
+    return head_fields()
 
 
 def _norm(prefix, layer):

@@ -24,23 +24,31 @@ from keras_segformer.convert.state_dict import CheckpointError
 FORMAT_NAMES = {"mmseg": "mmsegmentation SegFormer checkpoint"}
 LAYER_NORM_EPSILON = 1e-6
 
-_BLOCK = {
-    "layer_norm_1": ("norm1", None),
-    "attention.self.sr": ("attn.sr", None),
-    "attention.self.layer_norm": ("attn.norm", None),
-    "attention.output.dense": ("attn.attn.out_proj", None),
-    "layer_norm_2": ("norm2", None),
-    # mmseg's MixFFN uses 1x1 convolutions where transformers has Linear.
-    "mlp.dense1": ("ffn.layers.0", "conv1x1"),
-    "mlp.dwconv.dwconv": ("ffn.layers.1", None),
-    "mlp.dense2": ("ffn.layers.4", "conv1x1"),
-}
-# nn.MultiheadAttention packs the three input projections as [q; k; v].
-_QKV = {
-    "attention.self.query": (0, 3, "q"),
-    "attention.self.key": (1, 3, "k"),
-    "attention.self.value": (2, 3, "v"),
-}
+ENCODER = hf.EncoderKeyMap(
+    patch_embedding={
+        "proj": "{prefix}layers.{stage}.0.projection.{param}",
+        "layer_norm": "{prefix}layers.{stage}.0.norm.{param}",
+    },
+    block="{prefix}layers.{stage}.1.{block}",
+    modules={
+        "layer_norm_1": ("norm1", None),
+        "attention.self.sr": ("attn.sr", None),
+        "attention.self.layer_norm": ("attn.norm", None),
+        "attention.output.dense": ("attn.attn.out_proj", None),
+        "layer_norm_2": ("norm2", None),
+        # mmseg's MixFFN uses 1x1 convolutions where transformers has Linear.
+        "mlp.dense1": ("ffn.layers.0", "conv1x1"),
+        "mlp.dwconv.dwconv": ("ffn.layers.1", None),
+        "mlp.dense2": ("ffn.layers.4", "conv1x1"),
+    },
+    # nn.MultiheadAttention packs the three input projections as [q; k; v].
+    fused={
+        "attention.self.query": ("attn.attn.in_proj_{param}", (0, 3, "q")),
+        "attention.self.key": ("attn.attn.in_proj_{param}", (1, 3, "k")),
+        "attention.self.value": ("attn.attn.in_proj_{param}", (2, 3, "v")),
+    },
+    stage_norm="{prefix}layers.{stage}.2.{param}",
+)
 
 SKIP_PREFIXES = ()
 SKIP_SUFFIXES = ("num_batches_tracked",)
@@ -64,24 +72,9 @@ def source_key(canonical, prefix="backbone."):
     Returns:
         ``(key, part, transform)`` as in ``nvlabs.source_key``.
     """
-    parsed = hf.split_backbone_key(canonical)
-    kind, parts = parsed or (None, None)
-    if kind == "patch_embedding":
-        s, module, param = parts
-        module = "projection" if module == "proj" else "norm"
-        return f"{prefix}layers.{s}.0.{module}.{param}", None, None
-    if kind == "block":
-        s, j, module, param = parts
-        block = f"{prefix}layers.{s}.1.{j}"
-        if module in _QKV:
-            return f"{block}.attn.attn.in_proj_{param}", _QKV[module], None
-        if module in _BLOCK:
-            name, transform = _BLOCK[module]
-            if param != "weight":
-                transform = None
-            return f"{block}.{name}.{param}", None, transform
-    if kind == "stage_norm":
-        return f"{prefix}layers.{parts[0]}.2.{parts[1]}", None, None
+    found = ENCODER.rename(canonical, prefix)
+    if found is not None:
+        return found
     if re.match(r"decode_head\.(convs\.\d+|fusion_conv|conv_seg)\.", canonical):
         return canonical, None, None
     raise CheckpointError(
@@ -139,21 +132,10 @@ def head_info(shape):
         shape: callable, plan name -> shape tuple or ``None``.
 
     Returns:
-        dict as ``hf.head_info``; the head is ``"mmseg"`` when there is one.
+        ``hf.head_fields``; the head is ``"mmseg"`` when there is one.
     """
-    info = {
-        "task": "backbone",
-        "head": None,
-        "decoder_hidden_size": None,
-        "num_classes": None,
-    }
     convs = shape(HEAD_SIGNATURE)
-    if convs is not None:
-        seg = shape("decode_head.conv_seg.weight")
-        info.update(
-            task="segmentation",
-            head="mmseg",
-            decoder_hidden_size=convs[0],
-            num_classes=None if seg is None else seg[0],
-        )
-    return info
+    if convs is None:
+        return hf.head_fields()
+    seg = shape("decode_head.conv_seg.weight")
+    return hf.head_fields("segmentation", "mmseg", convs[0], seg and seg[0])

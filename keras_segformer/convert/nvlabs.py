@@ -31,23 +31,30 @@ FORMAT_NAMES = {
 }
 LAYER_NORM_EPSILON = 1e-6
 
-# canonical block sub-module -> NVlabs sub-module
-_BLOCK = {
-    "layer_norm_1": "norm1",
-    "attention.self.query": "attn.q",
-    "attention.self.sr": "attn.sr",
-    "attention.self.layer_norm": "attn.norm",
-    "attention.output.dense": "attn.proj",
-    "layer_norm_2": "norm2",
-    "mlp.dense1": "mlp.fc1",
-    "mlp.dwconv.dwconv": "mlp.dwconv.dwconv",
-    "mlp.dense2": "mlp.fc2",
-}
-# The fused key/value projection: (part index, number of parts, name).
-_KV = {
-    "attention.self.key": (0, 2, "key"),
-    "attention.self.value": (1, 2, "value"),
-}
+ENCODER = hf.EncoderKeyMap(
+    patch_embedding={
+        "proj": "{prefix}patch_embed{stage1}.proj.{param}",
+        "layer_norm": "{prefix}patch_embed{stage1}.norm.{param}",
+    },
+    block="{prefix}block{stage1}.{block}",
+    modules={
+        "layer_norm_1": ("norm1", None),
+        "attention.self.query": ("attn.q", None),
+        "attention.self.sr": ("attn.sr", None),
+        "attention.self.layer_norm": ("attn.norm", None),
+        "attention.output.dense": ("attn.proj", None),
+        "layer_norm_2": ("norm2", None),
+        "mlp.dense1": ("mlp.fc1", None),
+        "mlp.dwconv.dwconv": ("mlp.dwconv.dwconv", None),
+        "mlp.dense2": ("mlp.fc2", None),
+    },
+    # The fused key/value projection: (part index, number of parts, name).
+    fused={
+        "attention.self.key": ("attn.kv.{param}", (0, 2, "key")),
+        "attention.self.value": ("attn.kv.{param}", (1, 2, "value")),
+    },
+    stage_norm="{prefix}norm{stage1}.{param}",
+)
 _HEAD = {
     "decode_head.linear_fuse.weight": "decode_head.linear_fuse.conv.weight",
     "decode_head.classifier.weight": "decode_head.linear_pred.weight",
@@ -81,21 +88,9 @@ def source_key(canonical, prefix="backbone."):
         ``(index, count, name)`` when the tensor is one of ``count`` equal
         slices along axis 0 of ``key``, and ``None`` (the plan's transform).
     """
-    parsed = hf.split_backbone_key(canonical)
-    kind, parts = parsed or (None, None)
-    if kind == "patch_embedding":
-        s, module, param = parts
-        module = "proj" if module == "proj" else "norm"
-        return f"{prefix}patch_embed{s + 1}.{module}.{param}", None, None
-    if kind == "block":
-        s, j, module, param = parts
-        block = f"{prefix}block{s + 1}.{j}"
-        if module in _KV:
-            return f"{block}.attn.kv.{param}", _KV[module], None
-        if module in _BLOCK:
-            return f"{block}.{_BLOCK[module]}.{param}", None, None
-    if kind == "stage_norm":
-        return f"{prefix}norm{parts[0] + 1}.{parts[1]}", None, None
+    found = ENCODER.rename(canonical, prefix)
+    if found is not None:
+        return found
     m = re.fullmatch(r"decode_head\.linear_c\.(\d+)\.proj\.(\w+)", canonical)
     if m:
         return f"decode_head.linear_c{int(m[1]) + 1}.proj.{m[2]}", None, None
