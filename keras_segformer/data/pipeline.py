@@ -2,6 +2,35 @@
 
 ``tf.data`` is the input side on every Keras backend: ``model.fit`` on JAX
 and PyTorch consumes a ``tf.data.Dataset`` as well.
+
+Training (``training=True``) applies the mmseg / SegFormer recipe: random
+rescale of ``base_size`` by a ratio in ``ratio_range`` (aspect kept, image
+fits in the box), random crop ``crop_size`` with ``cat_max_ratio``,
+horizontal flip, photometric distortion, normalize, pad to ``crop_size``
+(image 0, label 255); see ``keras_segformer.data.augment``. Evaluation
+applies no augmentation: the whole image, or the image resized to
+``eval_size`` (an int sets the short side, aspect kept; a pair the exact
+size; images bilinear and antialiased, labels nearest neighbour); whole
+images of different sizes in one batch are padded to the largest (image
+0, label 255), so use ``batch_size=1`` to feed them unchanged.
+
+Files are decoded with PIL in parallel (``num_parallel_calls=AUTOTUNE``)
+and batches are prefetched. Masks are single-channel class-id images or
+palette PNGs (indices are the ids). Errors (unreadable file, image and
+mask sizes differing, a multi-channel non-palette mask, ids
+``>= num_classes``) name the offending file; they are raised while
+iterating, or up front with ``validate=True`` (every image header read,
+every mask decoded). While iterating, TensorFlow wraps them in its own
+error (with a traceback); run ``fit``, ``evaluate`` or the loop inside
+``keras_segformer.errors.data_errors()`` to get the plain ``DataError``
+(a ``ValueError``) back. ``training.trainer`` and the command line do so.
+
+Example:
+>>> files = keras_segformer.data.ade20k("ADEChallengeData2016", "train")
+>>> ds = make_dataset(files.images, files.masks, batch_size=16,
+...     training=True, num_classes=150, reduce_labels=True, seed=0,
+...     repeat=True)
+>>> model.fit(ds, steps_per_epoch=1000)
 """
 
 import numbers
@@ -51,6 +80,118 @@ def _check_stats(mean, std):
     return mean, std
 
 
+def _sizes(batch_size, crop_size, base_size, ratio_range, eval_size):
+    """The size arguments, checked and normalized (ints, pairs)."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(
+            f"`batch_size` must be a positive int. Received: {batch_size!r}"
+        )
+    crop_size = _pair(crop_size, "crop_size")
+    if base_size is not None:
+        base_size = _pair(base_size, "base_size")
+    if ratio_range is not None:
+        ratio_range = tuple(float(r) for r in ratio_range)
+        if len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]:
+            raise ValueError(
+                "`ratio_range` must be (min, max) with 0 < min <= max. "
+                f"Received: {ratio_range!r}"
+            )
+    if eval_size is not None and not isinstance(eval_size, numbers.Integral):
+        eval_size = _pair(eval_size, "eval_size")
+    elif eval_size is not None:
+        eval_size = _pair(eval_size, "eval_size")[0]
+    return {
+        "batch_size": int(batch_size),
+        "crop_size": crop_size,
+        "base_size": base_size,
+        "ratio_range": ratio_range,
+        "eval_size": eval_size,
+    }
+
+
+def _file_pairs(image_paths, mask_paths, shuffle, seed, repeat):
+    """The (image path, mask path) dataset, shuffled and repeated."""
+    ds = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
+    if shuffle:
+        ds = ds.shuffle(
+            len(image_paths), seed=seed, reshuffle_each_iteration=True
+        )
+    return ds.repeat() if repeat else ds
+
+
+def _loader(label_transform):
+    """``(image path, mask path) -> (uint8 image, int32 label)`` in TF."""
+
+    def load(image_path, mask_path):
+        try:
+            return load_pair(
+                image_path.decode(), mask_path.decode(), label_transform
+            )
+        except (ValueError, TypeError, OSError) as e:
+            # TensorFlow wraps it with a traceback; the tag lets
+            # errors.data_errors() give back this message alone.
+            raise DataError(tag(e)) from None
+
+    def load_tf(image_path, mask_path):
+        image, label = tf.numpy_function(
+            load, [image_path, mask_path], [tf.uint8, tf.int32], stateful=False
+        )
+        image.set_shape([None, None, 3])
+        label.set_shape([None, None])
+        return image, label
+
+    return load_tf
+
+
+def _train_batches(ds, load, sizes, seed, drop_remainder, augmentation):
+    """Load, augment (``augment.train_transform``) and batch."""
+    # One independent stateless seed per element; rerandomized every
+    # epoch, reproducible when `seed` is given.
+    seeds = tf.data.Dataset.random(
+        seed=seed, rerandomize_each_iteration=True
+    ).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds))
+
+    def train_map(paths, element_seed):
+        image, label = load(*paths)
+        return augment.train_transform(
+            image,
+            label,
+            element_seed,
+            crop_size=sizes["crop_size"],
+            base_size=sizes["base_size"],
+            ratio_range=sizes["ratio_range"],
+            **augmentation,
+        )
+
+    ds = ds.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(sizes["batch_size"], drop_remainder=drop_remainder)
+
+
+def _eval_batches(ds, load, sizes, drop_remainder, mean, std):
+    """Load, resize to ``eval_size`` if given, normalize and batch (whole
+    images of different sizes padded to the largest)."""
+    eval_size, batch_size = sizes["eval_size"], sizes["batch_size"]
+
+    def eval_map(image_path, mask_path):
+        image, label = load(image_path, mask_path)
+        return augment.eval_transform(
+            image, label, eval_size=eval_size, mean=mean, std=std
+        )
+
+    ds = ds.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE)
+    if isinstance(eval_size, tuple) or batch_size == 1:
+        return ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.padded_batch(
+        batch_size,
+        padding_values=(
+            tf.constant(0.0, tf.float32),
+            tf.constant(IGNORE_INDEX, tf.int32),
+        ),
+        drop_remainder=drop_remainder,
+    )
+
+
 def make_dataset(
     images,
     masks,
@@ -77,175 +218,56 @@ def make_dataset(
 ):
     """Build a batched ``tf.data`` pipeline of ``(image, label)`` pairs.
 
-    Yields ``image`` float32 ``(B, H, W, 3)`` (RGB, normalized with
-    ``mean``/``std`` on the 0..255 scale: with the defaults this equals
-    transformers' rescale + ImageNet normalize) and ``label`` int32
-    ``(B, H, W)`` with 255 for ignored pixels.
-
-    Training (``training=True``) applies the mmseg / SegFormer recipe:
-    random rescale of ``base_size`` by a ratio in ``ratio_range`` (aspect
-    kept, image fits in the box), random crop ``crop_size`` with
-    ``cat_max_ratio``, horizontal flip, photometric distortion, normalize,
-    pad to ``crop_size`` (image 0, label 255); see
-    ``keras_segformer.data.augment``. Evaluation applies no augmentation:
-    the whole image, or the image resized to ``eval_size``; whole images of
-    different sizes in one batch are padded to the largest (image 0,
-    label 255), so use ``batch_size=1`` to feed them unchanged.
-
-    Files are decoded with PIL in parallel (``num_parallel_calls=AUTOTUNE``)
-    and batches are prefetched. Masks are single-channel class-id images or
-    palette PNGs (indices are the ids). Errors (unreadable file, image and
-    mask sizes differing, a multi-channel non-palette mask, ids
-    ``>= num_classes``) name the offending file; they are raised while
-    iterating, or up front with ``validate=True``. While iterating,
-    TensorFlow wraps them in its own error (with a traceback); run
-    ``fit``, ``evaluate`` or the loop inside
-    ``keras_segformer.errors.data_errors()`` to get the plain
-    ``DataError`` (a ``ValueError``) back. ``training.trainer`` and the
-    command line do so.
+    ``image``: float32 ``(B, H, W, 3)`` RGB, normalized with ``mean`` /
+    ``std`` on the 0..255 scale (the defaults equal transformers' rescale
+    + ImageNet normalize); ``label``: int32 ``(B, H, W)``, 255 where
+    ignored. The augmentation, decoding and errors: see the module doc.
 
     Args:
-        images: folder or list of image files (jpg, png, ...). A folder is
-            searched recursively and paired with ``masks`` by name.
-        masks: folder or list of mask files (png), paired by position.
+        images: folder (searched recursively, paired with ``masks`` by
+            name) or list of image files.
+        masks: folder or list of mask files (paired by position).
         batch_size: int. Batch size.
         training: bool. Augment (training) or not (evaluation).
-        crop_size: int or ``(height, width)``. Training output size.
-        num_classes: int or None. When given, label ids (after remapping)
-            other than 255 must be below it.
-        base_size: pair of ints or None. mmseg ``img_scale`` (long and
-            short edge of the rescale box, any order); None disables the
-            rescale.
-        ratio_range: pair of floats or None. Rescale ratio range.
-        cat_max_ratio: float. Crop retry threshold (1.0 disables).
+        crop_size, base_size, ratio_range, cat_max_ratio, photometric,
+            flip_prob: the training augmentation (``augment``):
+            output size (int or pair), mmseg ``img_scale`` (or None),
+            rescale ratios (or None), crop retry threshold (1.0 disables),
+            photometric distortion (bool), flip probability.
+        num_classes: int or None. Label ids (after remapping) other than
+            255 must be below it.
         reduce_labels: bool. ADE20K: 0 -> 255, k -> k - 1, 255 stays.
         label_map: dict or None. Raw id -> training id; ids not in the map
             become 255. Applied before ``reduce_labels``.
-        mean: 3 floats or None. Normalization mean on 0..255 RGB.
-        std: 3 floats or None. Normalization std; None with ``mean=None``
-            yields 0..255 images (for models with in-model preprocessing).
-        shuffle: bool or None. Shuffle the files every epoch; None means
-            ``training``.
-        seed: int or None. Makes shuffling and augmentation reproducible.
+        mean, std: 3 floats each (0..255 RGB), or both None: 0..255 images
+            (for models with in-model preprocessing).
+        shuffle: bool or None. Shuffle every epoch; None: ``training``.
+        seed: int or None. Reproducible shuffling and augmentation.
         repeat: bool. Repeat forever (then pass ``steps_per_epoch``).
-        eval_size: None, int or ``(height, width)``. Evaluation resize:
-            int sets the short side (aspect kept), a pair the exact size.
-            Images are resized bilinearly (antialiased), labels with
-            nearest neighbour.
-        photometric: bool. Photometric distortion in training.
-        flip_prob: float. Horizontal flip probability in training.
-        validate: bool. Read every image header and decode every mask up
-            front to report problems before training starts.
+        eval_size: None, int (short side) or ``(height, width)``.
+        validate: bool. Check every file up front.
         drop_remainder: bool. Drop the last incomplete batch.
 
     Returns:
         ``tf.data.Dataset`` of ``(images, labels)`` batches.
 
     Example:
-    >>> files = keras_segformer.data.ade20k("ADEChallengeData2016", "train")
-    >>> ds = make_dataset(files.images, files.masks, batch_size=16,
-    ...     training=True, num_classes=150, reduce_labels=True, seed=0,
-    ...     repeat=True)
-    >>> model.fit(ds, steps_per_epoch=1000)
+    >>> ds = make_dataset("images/", "masks/", batch_size=8, training=True,
+    ...     num_classes=150, reduce_labels=True, repeat=True)
     """
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive int. Received: {batch_size!r}"
-        )
-    batch_size = int(batch_size)
-    crop_size = _pair(crop_size, "crop_size")
-    if base_size is not None:
-        base_size = _pair(base_size, "base_size")
-    if ratio_range is not None:
-        ratio_range = tuple(float(r) for r in ratio_range)
-        if len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]:
-            raise ValueError(
-                "`ratio_range` must be (min, max) with 0 < min <= max. "
-                f"Received: {ratio_range!r}"
-            )
-    if eval_size is not None and not isinstance(eval_size, numbers.Integral):
-        eval_size = _pair(eval_size, "eval_size")
-    elif eval_size is not None:
-        eval_size = _pair(eval_size, "eval_size")[0]
+    sizes = _sizes(batch_size, crop_size, base_size, ratio_range, eval_size)
     mean, std = _check_stats(mean, std)
     label_transform = LabelTransform(reduce_labels, label_map, num_classes)
-
     image_paths, mask_paths = resolve_pairs(images, masks)
     if validate:
         validate_pairs(image_paths, mask_paths, label_transform)
-
-    def load(image_path, mask_path):
-        try:
-            return load_pair(
-                image_path.decode(), mask_path.decode(), label_transform
-            )
-        except (ValueError, TypeError, OSError) as e:
-            # TensorFlow wraps it with a traceback; the tag lets
-            # errors.data_errors() give back this message alone.
-            raise DataError(tag(e)) from None
-
-    def load_tf(image_path, mask_path):
-        image, label = tf.numpy_function(
-            load, [image_path, mask_path], [tf.uint8, tf.int32], stateful=False
-        )
-        image.set_shape([None, None, 3])
-        label.set_shape([None, None])
-        return image, label
-
-    ds = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
-    if shuffle is None:
-        shuffle = training
-    if shuffle:
-        ds = ds.shuffle(
-            len(image_paths), seed=seed, reshuffle_each_iteration=True
-        )
-    if repeat:
-        ds = ds.repeat()
-
+    shuffle = training if shuffle is None else shuffle
+    ds = _file_pairs(image_paths, mask_paths, shuffle, seed, repeat)
+    load = _loader(label_transform)
     if training:
-        # One independent stateless seed per element; rerandomized every
-        # epoch, reproducible when `seed` is given.
-        seeds = tf.data.Dataset.random(
-            seed=seed, rerandomize_each_iteration=True
-        ).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds))
-
-        def train_map(paths, element_seed):
-            image, label = load_tf(*paths)
-            return augment.train_transform(
-                image,
-                label,
-                element_seed,
-                crop_size=crop_size,
-                base_size=base_size,
-                ratio_range=ratio_range,
-                cat_max_ratio=cat_max_ratio,
-                flip_prob=flip_prob,
-                photometric=photometric,
-                mean=mean,
-                std=std,
-            )
-
-        ds = ds.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        augmentation = {"cat_max_ratio": cat_max_ratio, "flip_prob": flip_prob}
+        augmentation.update(photometric=photometric, mean=mean, std=std)
+        ds = _train_batches(ds, load, sizes, seed, drop_remainder, augmentation)
     else:
-
-        def eval_map(image_path, mask_path):
-            image, label = load_tf(image_path, mask_path)
-            return augment.eval_transform(
-                image, label, eval_size=eval_size, mean=mean, std=std
-            )
-
-        ds = ds.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE)
-        if isinstance(eval_size, tuple) or batch_size == 1:
-            ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        else:
-            ds = ds.padded_batch(
-                batch_size,
-                padding_values=(
-                    tf.constant(0.0, tf.float32),
-                    tf.constant(IGNORE_INDEX, tf.int32),
-                ),
-                drop_remainder=drop_remainder,
-            )
+        ds = _eval_batches(ds, load, sizes, drop_remainder, mean, std)
     return ds.prefetch(tf.data.AUTOTUNE)
