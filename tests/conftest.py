@@ -137,15 +137,24 @@ BACKEND_INDEPENDENT = {
         "test_save_prediction_round_trip",
         "test_save_prediction_without_legend",
     },
-    # Harness parsing, charts, the RSS probe, a transformers-only GPU cell.
+    # Harness parsing, the chart, the RSS probe, bf16 units, the
+    # transformers-only columns (GPU cell, transformers-bf16).
     "test_benchmark.py": {
         "test_failures_are_reported_not_raised",
         "test_parse_case_and_columns",
+        "test_model_configs",
         "test_smooth_images_are_smooth",
-        "test_pil_chart",
+        "test_chart_without_matplotlib",
         "test_cli_registers_benchmark",
+        "test_cli_benchmark_outside_a_checkout",
+        "test_tools_benchmark_help",
         "test_peak_rss_is_the_worker_not_its_parent",
         "test_gpu_device_measures_a_gpu_or_refuses",
+        "test_bf16_units",
+        "test_bf16_cells_without_units",
+        "test_bf16_anyway_runs_the_bf16_columns",
+        "test_transformers_bf16_column",
+        "test_transformers_bf16_step_runs_under_autocast",
     },
     # Checkpoint readers, format detection and the torch-only references.
     "test_convert_formats.py": {

@@ -1,7 +1,7 @@
 """Benchmark this project against transformers and keras-hub.
 
-Same as ``keras-segformer benchmark``; ``--help`` lists the options and
-``keras_segformer/benchmark.py`` says what is measured and how.
+Runs the harness of ``benchmarks/`` (its ``__init__`` says what is
+measured and how); ``--help`` lists the options.
 
     python tools/benchmark.py --quick          # one-minute smoke run
     python tools/benchmark.py                  # every case and column
@@ -9,17 +9,17 @@ Same as ``keras-segformer benchmark``; ``--help`` lists the options and
         --impls ours-tensorflow,transformers
     python tools/benchmark.py --device gpu     # every column on the GPU
 
-The harness is run by path, without importing the package (whose import
-loads Keras and its backend): the parent process stays small and starts
-no framework; each worker imports what its column needs.
+The parent process imports no framework (the harness imports only the
+standard library at the top); each worker imports what its column needs.
 """
 
 import os
-import runpy
+import sys
 
 if __name__ == "__main__":
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    runpy.run_path(
-        os.path.join(root, "keras_segformer", "benchmark.py"),
-        run_name="__main__",
+    sys.path.insert(
+        0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     )
+    from benchmarks.cli import main
+
+    sys.exit(main())

@@ -18,26 +18,26 @@ settings (TF32): run it once as is and once with
 
 import argparse
 import os
-import runpy
 import sys
 import tempfile
 
+# The checkout's benchmarks/ (image maker, configs), installed or not.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def _harness():
-    """keras_segformer/benchmark.py by path: its image maker and configs."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, root)
-    return runpy.run_path(os.path.join(root, "keras_segformer", "benchmark.py"))
+from benchmarks.cases import (  # noqa: E402
+    hf_segformer_config,
+    model_config,
+    smooth_images,
+)
+from benchmarks.probes import accelerator  # noqa: E402
 
 
-def _random_checkpoint(harness, variant, num_classes, path, seed):
+def _random_checkpoint(variant, num_classes, path, seed):
     import torch
     from transformers import SegformerForSemanticSegmentation
 
     torch.manual_seed(seed)
-    config = harness["hf_segformer_config"](
-        harness["model_config"](variant), num_classes
-    )
+    config = hf_segformer_config(model_config(variant), num_classes)
     model = SegformerForSemanticSegmentation(config).eval()
     with torch.no_grad():
         # No weight keeps its (often trivial) initial value.
@@ -65,7 +65,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     height, width = (int(v) for v in args.size.lower().split("x"))
 
-    harness = _harness()
     import keras
     import numpy as np
     import torch
@@ -77,14 +76,12 @@ def main(argv=None):
         path = args.checkpoint
         if path is None:
             path = tmp
-            _random_checkpoint(
-                harness, args.variant, args.classes, tmp, args.seed
-            )
+            _random_checkpoint(args.variant, args.classes, tmp, args.seed)
         reference = SegformerForSemanticSegmentation.from_pretrained(path)
         reference = reference.float().eval()
         model = keras_segformer.from_pretrained(path)
 
-    images = harness["smooth_images"](args.batch, height, width, args.seed)
+    images = smooth_images(args.batch, height, width, args.seed)
     with torch.inference_mode():
         expected = reference(
             pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
@@ -92,7 +89,7 @@ def main(argv=None):
     expected = expected.transpose(0, 2, 3, 1)
     got = np.asarray(model.predict_on_batch(images))
     backend = keras.backend.backend()
-    device = harness["_accelerator"](backend) or "CPU"
+    device = accelerator(backend) or "CPU"
     diff = float(np.abs(got.astype(np.float64) - expected).max())
     same = float((got.argmax(-1) == expected.argmax(-1)).mean())
     ok = diff <= args.tol

@@ -1,0 +1,141 @@
+"""The benchmark's options and entry point (``python tools/benchmark.py``,
+``python -m benchmarks``, ``keras-segformer benchmark`` in a checkout)."""
+
+import argparse
+import sys
+
+from benchmarks.cases import (
+    BACKENDS,
+    CASE_FORM,
+    DEFAULT_IMPLS,
+    DEVICES,
+    QUICK_CASES,
+    default_case_names,
+)
+
+
+def _impls_help():
+    return (
+        ", ".join(f"ours-{b}" for b in BACKENDS)
+        + ", transformers, transformers-bf16 (torch.autocast bfloat16), "
+        "keras-hub (fastest backend) or keras-hub-<backend>, ours-bf16 "
+        "(fastest float32 backend) or ours-<backend>-bf16"
+    )
+
+
+def _add_selection(parser):
+    parser.add_argument("--out", default="benchmark_out", help="output folder")
+    parser.add_argument(
+        "--cases",
+        help=f"comma-separated {CASE_FORM} (default: "
+        f"{', '.join(default_case_names())})",
+    )
+    parser.add_argument(
+        "--train-variants",
+        default="b0",
+        help="variants of the default training cases (512x512, batch 2), "
+        "e.g. b0,b2",
+    )
+    parser.add_argument(
+        "--impls",
+        help=f"comma-separated columns among {_impls_help()} "
+        f"(default: {','.join(DEFAULT_IMPLS)})",
+    )
+    parser.add_argument(
+        "--hub-backend",
+        choices=BACKENDS,
+        help="keras-hub backend (default: fastest on the first case)",
+    )
+    parser.add_argument(
+        "--bf16-backend",
+        choices=BACKENDS,
+        help="backend of ours-bf16 (default: fastest float32 on the case)",
+    )
+    parser.add_argument(
+        "--bf16-anyway",
+        action="store_true",
+        help="run the bf16 columns on a CPU without bf16 units too (their "
+        "cells otherwise say so; emulated bfloat16 times mean little)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where every column runs: cpu (default; GPUs hidden) or gpu "
+        "(the first GPU; a library that sees none fails its cells)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny models at 64x64, batch 1, 1 warm-up, 2 "
+        "repeats (cases " + ", ".join(QUICK_CASES) + ")",
+    )
+
+
+def _add_timing(parser):
+    parser.add_argument(
+        "--warmup", type=int, help="untimed calls first (default 3; quick 1)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="most timed calls (default 10; quick 2); at least 3 (or this, "
+        "if less) are made",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=20.0,
+        help="seconds of timed calls after which a figure stops (after 3)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads per worker (OMP/MKL/TF intra-op env, torch); default: "
+        "each library's own default (all cores); JAX is not limited",
+    )
+    parser.add_argument(
+        "--matmul-size",
+        type=int,
+        help="side of the matmul peak measurement (default 2048, GPU "
+        "8192; quick 256)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="seconds before a worker is stopped and marked 'timeout'",
+    )
+
+
+def add_arguments(parser):
+    """Register the benchmark options on an ``argparse`` parser."""
+    _add_selection(parser)
+    _add_timing(parser)
+    return parser
+
+
+def run(args):
+    """Run the benchmark described by parsed ``args``; return 0."""
+    from benchmarks.runner import Benchmark
+
+    Benchmark(args).run()
+    return 0
+
+
+def main(argv=None):
+    """Entry point of ``python tools/benchmark.py`` and
+    ``python -m benchmarks``."""
+    parser = argparse.ArgumentParser(
+        prog="benchmark",
+        description="SegFormer speed and memory: this project vs "
+        "transformers and keras-hub.",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if argv is not None:  # called from Python: record what it was given
+        args.command_line = [sys.executable, "-m", "benchmarks", *argv]
+    try:
+        return run(args)
+    except ValueError as e:
+        parser.error(str(e))
