@@ -179,12 +179,34 @@ BACKEND_INDEPENDENT = {
         "test_merge_probs_averages_probabilities",
     },
     "test_export.py": {"test_calibration_images_sources"},
+    # Argument and file errors raised before any model is built; a
+    # `convert` stopped by its config file in a fresh process.
+    "test_cli_errors.py": {
+        "test_convert_config_json_list_is_one_line",
+        "test_convert_folder_errors",
+        "test_debug_shows_the_traceback",
+        "test_a_bug_keeps_its_traceback",
+        "test_labels_json_of_the_wrong_type",
+    },
+    # The one image decoder: 16-bit and EXIF images, masks, unreadable
+    # files (PIL and tf.data, no model).
+    "test_bad_input.py": {
+        "test_16bit_image_is_scaled_to_8bit",
+        "test_16bit_mask_keeps_its_ids",
+        "test_mask_ids_above_255_are_an_error",
+        "test_mask_exif_orientation_is_applied",
+        "test_unreadable_file_is_named",
+    },
     # This marking itself (pytest runs on a sample file).
     "test_conftest_marks.py": {
         "test_listed_tests_are_marked_and_deselected",
         "test_a_listed_name_that_is_gone_stops_the_run",
         "test_audit_fails_a_listed_test_that_calls_the_backend",
         "test_objects_from_before_the_tests_are_frozen",
+        # The Makefile's schedule (make with a stand-in python).
+        "test_make_test_runs_every_part_longest_first",
+        "test_a_failing_part_fails_make_test_after_all_ran",
+        "test_a_selection_runs_each_backend_whole",
     },
 }
 

@@ -115,3 +115,92 @@ def test_objects_from_before_the_tests_are_frozen():
 
 class _Node:
     pass
+
+
+# ------------------------------------------------ the Makefile's schedule
+
+ROOT = os.path.dirname(os.path.dirname(CONFTEST))
+
+# Stands in for the venv's python (and ruff): logs the backend and the
+# pytest arguments; FAIL_ON names a backend whose part 1 fails.
+FAKE_PYTHON = """#!/bin/sh
+echo "$KERAS_BACKEND $*" >> "$FAKE_LOG"
+case "$KERAS_BACKEND $*" in
+  "$FAIL_ON "*tests/*) exit 1 ;;
+esac
+exit 0
+"""
+
+
+def _make(tmp_path, *args, fail_on="none"):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name in ("python", "ruff"):
+        (venv / "bin" / name).write_text(FAKE_PYTHON)
+        os.chmod(venv / "bin" / name, 0o755)
+    (venv / ".installed").touch()
+    os.utime(
+        venv / ".installed",
+        (os.path.getmtime(os.path.join(ROOT, "pyproject.toml")) + 1,) * 2,
+    )
+    log = tmp_path / "log"
+    log.touch()
+    env = dict(os.environ, FAKE_LOG=str(log), FAIL_ON=fail_on)
+    env.pop("MAKEFLAGS", None)
+    done = subprocess.run(
+        ["make", "-C", ROOT, "--no-print-directory", f"VENV={venv}", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    runs = [
+        line.split(" ", 2)
+        for line in log.read_text().splitlines()
+        if " -m pytest " in line
+    ]
+    return done, [(r[0], r[2]) for r in runs]
+
+
+def _split_files():
+    done = subprocess.run(
+        ["make", "-C", ROOT, "-s", "--eval=show:;@echo $(TEST_SPLIT)", "show"],
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.split()
+
+
+def test_make_test_runs_every_part_longest_first(tmp_path):
+    split = _split_files()
+    assert split and all(os.path.isfile(os.path.join(ROOT, f)) for f in split)
+    done, runs = _make(tmp_path, "test", "TEST_JOBS=1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    backends = [backend for backend, _ in runs]
+    assert backends == ["jax", "tensorflow"] * 2 + ["torch"] * 2
+    ignores = " ".join(f"--ignore={f}" for f in split)
+    for (backend, args), part in zip(runs, [1, 1, 2, 2, 1, 2]):
+        # Part 1 names its files, part 2 leaves them out: each file runs
+        # once per backend; backend-independent tests on TensorFlow only.
+        independent = "-m not backend_independent"
+        assert (independent in args) == (backend != "tensorflow"), args
+        assert (" ".join(split) in args) == (part == 1), args
+        assert (ignores in args) == (part == 2), args
+        assert f"=== pytest on {backend}" in done.stdout
+    assert "took" in done.stdout
+
+
+def test_a_failing_part_fails_make_test_after_all_ran(tmp_path):
+    done, runs = _make(tmp_path, "test", fail_on="tensorflow")
+    assert done.returncode != 0
+    assert len(runs) == 6  # --keep-going: the other parts still ran
+    assert "=== all test parts took" in done.stdout
+
+
+def test_a_selection_runs_each_backend_whole(tmp_path):
+    done, runs = _make(
+        tmp_path, "test", "TEST_JOBS=1", "PYTEST_ARGS=tests/test_models.py"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [backend for backend, _ in runs] == ["jax", "tensorflow", "torch"]
+    assert all(args.endswith("tests/test_models.py") for _, args in runs)
+    assert not any("--ignore" in args for _, args in runs)
