@@ -652,7 +652,9 @@ def main(argv=None):
         check=True,
         env={
             **os.environ,
-            "PYTHONPATH": ROOT,
+            "PYTHONPATH": os.pathsep.join(
+                [ROOT, os.environ.get("PYTHONPATH", "")]
+            ),
             "CUDA_VISIBLE_DEVICES": "",
             "KERAS_BACKEND": "torch",
         },
