@@ -132,9 +132,7 @@ def _apply_variant(arch, variant):
     arch["variant"] = variant
 
 
-def complete(
-    arch, *, variant, num_heads, strides, decoder_hidden_size, new_head
-):
+def complete(arch, variant, num_heads, strides, decoder_hidden_size, new_head):
     """Fill in what the weights cannot tell, from arguments or a variant.
 
     Args:

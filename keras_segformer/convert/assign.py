@@ -156,6 +156,52 @@ def _listed(items, n, sep):
     return sep.join(items[:n]) + (" ..." if len(items) > n else "")
 
 
+def _check(key, variable, value, source_shape):
+    """What is wrong with copying ``value`` into ``variable``, or None."""
+    if tuple(value.shape) != tuple(variable.shape):
+        return "mismatched", (
+            f"{key}: checkpoint {source_shape} -> {tuple(value.shape)}, "
+            f"model {variable.path} expects {tuple(variable.shape)}"
+        )
+    if value.dtype.kind in "fc" and not np.isfinite(value).all():
+        bad = value[~np.isfinite(value)]
+        return "non_finite", (
+            f"{key} ({bad.size} of {value.size} values are NaN or inf, "
+            f"e.g. {bad.flat[0]})"
+        )
+    return None
+
+
+def _stage(plan, state_dict, optional, report):
+    """Transform and check every plan entry; nothing is assigned yet.
+
+    Returns:
+        ``(staged, problems)``: ``(key, variable, value)`` ready to assign,
+        and ``{"missing" | "mismatched" | "non_finite": [messages]}``.
+        Optional entries that are missing go to ``report.fresh``.
+    """
+    staged = []
+    problems = {"missing": [], "mismatched": [], "non_finite": []}
+    seen = set()
+    for key, variable, transform in plan:
+        if key in seen:
+            raise AssertionError(f"Plan uses {key!r} twice.")
+        seen.add(key)
+        if key not in state_dict:
+            if optional and key.startswith(optional):
+                report.fresh.append(variable.path)
+            else:
+                problems["missing"].append(key)
+            continue
+        value = TRANSFORMS[transform](np.asarray(state_dict[key]))
+        problem = _check(key, variable, value, tuple(state_dict[key].shape))
+        if problem is None:
+            staged.append((key, variable, value))
+        else:
+            problems[problem[0]].append(problem[1])
+    return staged, problems
+
+
 def assign(plan, state_dict, *, skip=(), optional=(), source="checkpoint"):
     """Copy ``state_dict`` tensors into Keras variables following ``plan``.
 
@@ -177,62 +223,31 @@ def assign(plan, state_dict, *, skip=(), optional=(), source="checkpoint"):
         ``LoadReport``.
     """
     skip = tuple(skip)
-    optional = tuple(optional)
     report = LoadReport(source=source)
-    staged, missing, mismatched, non_finite = [], [], [], []
-    seen = set()
-    for key, variable, transform in plan:
-        if key in seen:
-            raise AssertionError(f"Plan uses {key!r} twice.")
-        seen.add(key)
-        if key not in state_dict:
-            if optional and key.startswith(optional):
-                report.fresh.append(variable.path)
-                continue
-            missing.append(key)
-            continue
-        value = TRANSFORMS[transform](np.asarray(state_dict[key]))
-        if tuple(value.shape) != tuple(variable.shape):
-            mismatched.append(
-                f"{key}: checkpoint {tuple(state_dict[key].shape)} -> "
-                f"{tuple(value.shape)}, model {variable.path} expects "
-                f"{tuple(variable.shape)}"
-            )
-            continue
-        if value.dtype.kind in "fc" and not np.isfinite(value).all():
-            bad = value[~np.isfinite(value)]
-            non_finite.append(
-                f"{key} ({bad.size} of {value.size} values are NaN or inf, "
-                f"e.g. {bad.flat[0]})"
-            )
-            continue
-        staged.append((key, variable, value))
+    staged, problems = _stage(plan, state_dict, tuple(optional), report)
     unexpected = []
+    used = {key for key, _, _ in plan}
     for key in state_dict:
-        if key in seen:
+        if key in used:
             continue
         if skip and (key in skip or key.startswith(skip)):
             report.skipped.append(key)
         else:
             unexpected.append(key)
-    problems = [
-        f"{len(items)} {what}: " + _listed(items, n, sep)
-        for items, what, n, sep in (
-            (missing, f"tensors missing from the {source}", 10, ", "),
-            (
-                sorted(unexpected),
-                f"unexpected tensors in the {source}",
-                10,
-                ", ",
-            ),
-            (mismatched, "shape mismatches", 5, "; "),
-            (non_finite, "tensors with non-finite values", 5, "; "),
+    problems["unexpected"] = sorted(unexpected)
+    lines = [
+        f"{len(problems[kind])} {what}: " + _listed(problems[kind], n, sep)
+        for kind, what, n, sep in (
+            ("missing", f"tensors missing from the {source}", 10, ", "),
+            ("unexpected", f"unexpected tensors in the {source}", 10, ", "),
+            ("mismatched", "shape mismatches", 5, "; "),
+            ("non_finite", "tensors with non-finite values", 5, "; "),
         )
-        if items
+        if problems[kind]
     ]
-    if problems:
+    if lines:
         raise CheckpointError(
-            "Weights do not match the model:\n  " + "\n  ".join(problems)
+            "Weights do not match the model:\n  " + "\n  ".join(lines)
         )
     for key, variable, value in staged:
         variable.assign(value.astype(variable.dtype))

@@ -121,6 +121,19 @@ _NVLABS = {
     ),
 }
 
+
+def _nvlabs_format(name, example, signature, same_names):
+    """NVlabs segmentation and ImageNet MiT files: the same key map."""
+    return Format(
+        name=name,
+        description=nvlabs.FORMAT_NAMES[name],
+        example=example,
+        signature=re.compile(signature),
+        same_names=same_names,
+        **_NVLABS,
+    )
+
+
 REGISTRY = {
     f.name: f
     for f in (
@@ -138,21 +151,17 @@ REGISTRY = {
             canonicalize=hf.canonicalize,
             config_file="config.json",
         ),
-        Format(
-            name="nvlabs",
-            description=nvlabs.FORMAT_NAMES["nvlabs"],
-            example="NVlabs (backbone.patch_embed1.proj.weight)",
-            signature=re.compile(r"^(backbone\.)patch_embed1\.proj\.weight$"),
+        _nvlabs_format(
+            "nvlabs",
+            "NVlabs (backbone.patch_embed1.proj.weight)",
+            r"^(backbone\.)patch_embed1\.proj\.weight$",
             same_names=("mit",),
-            **_NVLABS,
         ),
-        Format(
-            name="mit",
-            description=nvlabs.FORMAT_NAMES["mit"],
-            example="ImageNet MiT (patch_embed1.proj.weight)",
-            signature=re.compile(r"^()patch_embed1\.proj\.weight$"),
+        _nvlabs_format(
+            "mit",
+            "ImageNet MiT (patch_embed1.proj.weight)",
+            r"^()patch_embed1\.proj\.weight$",
             same_names=("nvlabs",),
-            **_NVLABS,
         ),
         Format(
             name="mmseg",

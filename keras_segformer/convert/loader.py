@@ -211,7 +211,7 @@ def _read(path, format):
     return path, state_dict, layout, config
 
 
-def _resolve_task(arch, *, task, num_classes, head, backbone_only):
+def _resolve_task(arch, task, num_classes, head, backbone_only):
     """What to build: ``(task, num_classes, head, backbone_only)``.
 
     Without ``backbone_only`` the task, classes and head must agree with
@@ -291,6 +291,26 @@ def _build(arch, task, num_classes, head, id2label, options, head_dropout):
     return MiTClassifier(backbone, num_classes, id2label=id2label)
 
 
+def _settings(arch, layout, config, labels, backbone_only):
+    """Backbone options, head dropout and class names; a transformers
+    ``config.json`` also gives heads and strides (written into ``arch``).
+    """
+    options = {
+        "layer_norm_epsilon": layout.layer_norm_epsilon,
+        "input_shape": (None, None, arch["num_channels"]),
+    }
+    if config is None:
+        return options, 0.1, labels
+    backbone_kwargs, head_kwargs = hf.config_to_kwargs(config)
+    arch["num_heads"] = list(backbone_kwargs["num_heads"])
+    arch["strides"] = list(backbone_kwargs["strides"])
+    for name in ("drop_path_rate", "dropout", "attention_dropout"):
+        options[name] = backbone_kwargs[name]
+    if labels is None and not backbone_only:
+        labels = head_kwargs["id2label"]
+    return options, head_kwargs["dropout"], labels
+
+
 def load_checkpoint(
     path,
     *,
@@ -308,49 +328,39 @@ def load_checkpoint(
 ):
     """Build the Keras model of any SegFormer checkpoint and load it.
 
-    Reads transformers directories/files, NVlabs segmentation and ImageNet
-    MiT ``.pth`` files and mmsegmentation checkpoints. The format comes
-    from the tensor names, the architecture from their shapes (and from
-    ``config.json`` for transformers directories).
+    Formats (``formats.REGISTRY``): transformers directories and files,
+    NVlabs segmentation and ImageNet MiT ``.pth``, mmsegmentation. The
+    format comes from the tensor names, the architecture from their
+    shapes and a transformers ``config.json`` (heads, strides, dropouts,
+    class names).
 
     Args:
         path: str. A checkpoint file (``.pth``, ``.bin``, ``.safetensors``)
-            or a local transformers directory (``config.json`` next to
-            the weights supplies heads, strides, dropouts and class
-            names; for Hub ids use ``from_pretrained``).
+            or a local transformers directory (Hub ids: ``from_pretrained``).
         format: str. ``"auto"``, ``"hf"``, ``"nvlabs"``, ``"mit"`` or
             ``"mmseg"``; a given format must agree with the names.
         task: str or None. ``"segmentation"``, ``"classification"`` or
-            ``"backbone"``; default: the checkpoint's (with
+            ``"backbone"``; default the checkpoint's (with
             ``backbone_only=True``: ``"segmentation"``).
-        num_classes: int or None. Classes of a new head (needs
-            ``backbone_only=True`` when it differs from the checkpoint).
+        num_classes: int or None. Classes of a new head (other than the
+            checkpoint's: needs ``backbone_only=True``).
         labels: class names: ``"ade20k"``, ``"cityscapes"``, a JSON file,
-            a list or a dict (see ``resolve_labels``).
-        backbone_only: bool. Load the encoder into a model with a fresh
-            head (ImageNet MiT -> SegFormer with ``num_classes`` classes).
-        variant: str or None. ``"b0"`` ... ``"b5"``: takes heads and
-            strides from the table, checks depths and hidden sizes.
-        num_heads: list of ints or None. Attention heads per stage, for
-            hidden sizes that match no variant.
-        strides: list of ints or None. Patch-embedding strides, for
-            non-standard patch sizes.
-        decoder_hidden_size: int or None. Decoder channels of a new head
-            (default: the variant's).
-        head: str or None. Head of a new segmentation head, ``"mlp"``
-            (default) or ``"mmseg"``.
-        **kwargs: backbone options (``input_shape``,
-            ``include_preprocessing``, ``dtype``, ``drop_path_rate``,
-            ``layer_norm_epsilon`` ...).
+            a list or a dict (``classes.resolve_labels``).
+        backbone_only: bool. Load the encoder under a fresh head.
+        variant: str or None. ``"b0"`` ... ``"b5"``: heads and strides
+            from the table (depths and hidden sizes checked).
+        num_heads, strides: lists of ints or None. Per stage, for hidden
+            sizes or patch sizes that match no variant.
+        decoder_hidden_size: int or None. Decoder channels of a new head.
+        head: str or None. A new head's type, ``"mlp"`` or ``"mmseg"``.
+        **kwargs: backbone options (``input_shape``, ``dtype``,
+            ``include_preprocessing``, ``layer_norm_epsilon`` ...).
 
     Returns:
         ``SegFormer``, ``MiTClassifier`` or ``MiTBackbone``;
         ``model.load_report`` is a ``LoadReport``.
 
     Example:
-    >>> model = load_checkpoint("segformer.b0.512x512.ade.160k.pth",
-    ...                         labels="ade20k")
-    >>> print(model.load_report)
     >>> model = load_checkpoint("mit_b0.pth", num_classes=19,
     ...                         backbone_only=True, labels="cityscapes")
     """
@@ -358,34 +368,14 @@ def load_checkpoint(
         raise ValueError(f"`task` must be one of {TASKS}. Received: {task!r}")
     path, state_dict, layout, config = _read(path, format)
     arch = infer_architecture(state_dict, layout)
-    options = {
-        "layer_norm_epsilon": layout.layer_norm_epsilon,
-        "input_shape": (None, None, arch["num_channels"]),
-    }
-    head_dropout = 0.1
-    if config is not None:
-        backbone_kwargs, head_kwargs = hf.config_to_kwargs(config)
-        arch["num_heads"] = list(backbone_kwargs["num_heads"])
-        arch["strides"] = list(backbone_kwargs["strides"])
-        for name in ("drop_path_rate", "dropout", "attention_dropout"):
-            options[name] = backbone_kwargs[name]
-        head_dropout = head_kwargs["dropout"]
-        if labels is None and not backbone_only:
-            labels = head_kwargs["id2label"]
+    options, head_dropout, labels = _settings(
+        arch, layout, config, labels, backbone_only
+    )
     complete(
-        arch,
-        variant=variant,
-        num_heads=num_heads,
-        strides=strides,
-        decoder_hidden_size=decoder_hidden_size,
-        new_head=backbone_only,
+        arch, variant, num_heads, strides, decoder_hidden_size, backbone_only
     )
     task, num_classes, head, backbone_only = _resolve_task(
-        arch,
-        task=task,
-        num_classes=num_classes,
-        head=head,
-        backbone_only=backbone_only,
+        arch, task, num_classes, head, backbone_only
     )
     id2label = resolve_labels(
         labels, None if task == "backbone" else num_classes
