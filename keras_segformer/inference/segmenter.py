@@ -66,6 +66,40 @@ def _softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _check_windows(mode, crop_size, stride):
+    """``(crop_size, stride)`` as pairs for ``mode="slide"``; refused for
+    ``"whole"``."""
+    if mode not in ("whole", "slide"):
+        raise ValueError(
+            f'`mode` must be "whole" or "slide". Received: {mode!r}'
+        )
+    if mode == "whole":
+        if crop_size is not None or stride is not None:
+            raise ValueError(
+                '`crop_size` and `stride` are only used with mode="slide".'
+            )
+        return None, None
+    if crop_size is None:
+        raise ValueError('`mode="slide"` needs a `crop_size`.')
+    crop_size = _check_pair(crop_size, "crop_size")
+    stride = _check_pair(crop_size if stride is None else stride, "stride")
+    if stride[0] > crop_size[0] or stride[1] > crop_size[1]:
+        raise ValueError(
+            f"`stride` {stride} must not exceed `crop_size` {crop_size}: "
+            "pixels between windows would get no prediction."
+        )
+    return crop_size, stride
+
+
+def _check_scales(scales):
+    scales = tuple(float(s) for s in scales)
+    if not scales or min(scales) <= 0:
+        raise ValueError(
+            f"`scales` must be positive floats. Received: {scales}"
+        )
+    return scales
+
+
 class Segmenter:
     """Predict masks for images of any size, one image or many.
 
@@ -150,31 +184,8 @@ class Segmenter:
         std=IMAGENET_STD,
         resample="bilinear",
     ):
-        if mode not in ("whole", "slide"):
-            raise ValueError(
-                f'`mode` must be "whole" or "slide". Received: {mode!r}'
-            )
-        if mode == "slide":
-            if crop_size is None:
-                raise ValueError('`mode="slide"` needs a `crop_size`.')
-            crop_size = _check_pair(crop_size, "crop_size")
-            stride = crop_size if stride is None else stride
-            stride = _check_pair(stride, "stride")
-            if stride[0] > crop_size[0] or stride[1] > crop_size[1]:
-                raise ValueError(
-                    f"`stride` {stride} must not exceed `crop_size` "
-                    f"{crop_size}: pixels between windows would get no "
-                    "prediction."
-                )
-        elif crop_size is not None or stride is not None:
-            raise ValueError(
-                '`crop_size` and `stride` are only used with mode="slide".'
-            )
-        scales = tuple(float(s) for s in scales)
-        if not scales or min(scales) <= 0:
-            raise ValueError(
-                f"`scales` must be positive floats. Received: {scales}"
-            )
+        crop_size, stride = _check_windows(mode, crop_size, stride)
+        scales = _check_scales(scales)
         if merge not in ("logits", "probs"):
             raise ValueError(
                 f'`merge` must be "logits" or "probs". Received: {merge!r}'
@@ -206,12 +217,8 @@ class Segmenter:
         self.resample = resample
         backbone = getattr(model, "backbone", None)
         self.min_input_size = getattr(backbone, "min_input_size", None)
-        if (
-            mode == "slide"
-            and self.min_input_size is not None
-            and min(crop_size) < self.min_input_size
-        ):
-            m = self.min_input_size
+        m = self.min_input_size
+        if mode == "slide" and m is not None and min(crop_size) < m:
             raise ValueError(
                 f"`crop_size` {crop_size} is too small: the model needs at "
                 f"least {m}x{m} pixels."
