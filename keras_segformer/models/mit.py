@@ -22,6 +22,46 @@ def _serialize_dtype(dtype):
     return keras.dtype_policies.serialize(dtype)
 
 
+def _stages(x, cfg, *, drop_path_rate, layer_norm_epsilon, dtype, **dropouts):
+    """The stages on ``x``: patch embedding, blocks, LayerNorm each.
+
+    Returns the list of the stages' feature maps. ``dropouts`` are the
+    blocks' ``dropout`` and ``attention_dropout``; block ``i`` of ``n``
+    drops its path with ``drop_path_rate * i / (n - 1)``.
+    """
+    total = sum(cfg["depths"])
+    drop_paths = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+    features = []
+    block_index = 0
+    for s, depth in enumerate(cfg["depths"]):
+        x = OverlappingPatchEmbedding(
+            cfg["hidden_sizes"][s],
+            cfg["patch_sizes"][s],
+            cfg["strides"][s],
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+            name=f"stage{s + 1}_patch_embedding",
+        )(x)
+        for b in range(depth):
+            x = MiTBlock(
+                cfg["hidden_sizes"][s],
+                cfg["num_heads"][s],
+                sr_ratio=cfg["sr_ratios"][s],
+                mlp_ratio=cfg["mlp_ratios"][s],
+                drop_path=drop_paths[block_index],
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=dtype,
+                name=f"stage{s + 1}_block{b + 1}",
+                **dropouts,
+            )(x)
+            block_index += 1
+        x = LayerNorm(
+            epsilon=layer_norm_epsilon, dtype=dtype, name=f"stage{s + 1}_norm"
+        )(x)
+        features.append(x)
+    return features
+
+
 @keras.saving.register_keras_serializable(package="keras_segformer")
 class MiTBackbone(keras.Model):
     """Hierarchical Mix Transformer encoder.
@@ -98,45 +138,20 @@ class MiTBackbone(keras.Model):
         min_size = min_input_size(
             cfg["patch_sizes"], cfg["strides"], cfg["sr_ratios"]
         )
-        total = sum(cfg["depths"])
-        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
-
         inputs = keras.Input(shape=input_shape, name="images")
         x = InputCheck(min_size, dtype=dtype, name="input_check")(inputs)
         if include_preprocessing:
             # float32 even under mixed precision: 0-255 needs the range.
             x = ImageNormalization(dtype="float32", name="preprocessing")(x)
-        features = []
-        block_index = 0
-        for s, depth in enumerate(cfg["depths"]):
-            x = OverlappingPatchEmbedding(
-                cfg["hidden_sizes"][s],
-                cfg["patch_sizes"][s],
-                cfg["strides"][s],
-                layer_norm_epsilon=layer_norm_epsilon,
-                dtype=dtype,
-                name=f"stage{s + 1}_patch_embedding",
-            )(x)
-            for b in range(depth):
-                x = MiTBlock(
-                    cfg["hidden_sizes"][s],
-                    cfg["num_heads"][s],
-                    sr_ratio=cfg["sr_ratios"][s],
-                    mlp_ratio=cfg["mlp_ratios"][s],
-                    drop_path=rates[block_index],
-                    dropout=dropout,
-                    attention_dropout=attention_dropout,
-                    layer_norm_epsilon=layer_norm_epsilon,
-                    dtype=dtype,
-                    name=f"stage{s + 1}_block{b + 1}",
-                )(x)
-                block_index += 1
-            x = LayerNorm(
-                epsilon=layer_norm_epsilon,
-                dtype=dtype,
-                name=f"stage{s + 1}_norm",
-            )(x)
-            features.append(x)
+        features = _stages(
+            x,
+            cfg,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            drop_path_rate=drop_path_rate,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+        )
         super().__init__(inputs=inputs, outputs=features, name=name, **kwargs)
 
         self.depths = list(cfg["depths"])
