@@ -171,19 +171,18 @@ def resolve_labels(labels, num_classes=None, *, name="`labels`"):
             f"{name} must name the classes with a list or a dict. "
             f"Received: {type(labels).__name__}"
         )
+    # A file or dataset name is said; a list of 150 names is not.
+    if isinstance(source, (str, os.PathLike)):
+        name = f"{name} ({os.fspath(source)!r})"
     try:
         id2label = {int(k): str(v) for k, v in labels.items()}
     except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"{name} ({source!r}): keys must be class indices: {e}"
-        ) from None
+        raise ValueError(f"{name}: keys must be class indices: {e}") from None
     if sorted(id2label) != list(range(len(id2label))):
-        raise ValueError(
-            f"{name} ({source!r}) must name classes 0..n-1 without gaps."
-        )
+        raise ValueError(f"{name} must name classes 0..n-1 without gaps.")
     if num_classes is not None and len(id2label) != num_classes:
         raise ValueError(
-            f"{name} ({source!r}) names {len(id2label)} classes; the "
-            f"model has {num_classes}."
+            f"{name} names {len(id2label)} classes; the model has "
+            f"{num_classes}."
         )
     return id2label

@@ -11,6 +11,17 @@ def load_any_model(path, *, variant=None, num_classes=None):
     return load_model(path, variant=variant, num_classes=num_classes)
 
 
+def add_weights_file_arguments(parser):
+    """``--variant`` and ``--num-classes``: what a ``.weights.h5``
+    ``--model`` needs (``load_any_model``)."""
+    parser.add_argument(
+        "--variant", help="b0 ... b5, for a .weights.h5 --model"
+    )
+    parser.add_argument(
+        "--num-classes", type=int, help="classes, for a .weights.h5 --model"
+    )
+
+
 def read_class_names(spec, num_classes=None):
     """Class names from ``ade20k``, ``cityscapes`` or a JSON file (a list or
     an ``id2label`` dict): ``keras_segformer.classes.resolve_labels`` with

@@ -107,6 +107,7 @@ def _save_atomic(model, out):
 
 def run(args):
     """Convert ``args.src`` and write ``args.out``; print the report."""
+    from keras_segformer.cli.common import read_class_names
     from keras_segformer.convert.loader import load_checkpoint
     from keras_segformer.convert.to_hf import hf_config, save_pretrained
 
@@ -121,6 +122,9 @@ def run(args):
         raise ValueError(f"--out {out!r} is a file, not a directory.")
     if to_keras and os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a directory, not a file name.")
+    # The file and its contents are checked here to name the flag; the
+    # class count once the checkpoint is read.
+    read_class_names(args.labels)
     model = load_checkpoint(
         args.src,
         format=args.format,

@@ -30,19 +30,15 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
-def run(args):
+def _datasets(args):
+    """Generate the data; ``(train files, val files, names, train_ds,
+    val_ds)``."""
     import keras
 
-    import keras_segformer
     from keras_segformer.data import make_dataset, synthetic
-    from keras_segformer.inference import Segmenter, save_prediction
-    from keras_segformer.training import trainer
 
-    start = time.time()
-    out = args.out
-    print(f"backend: {keras.backend.backend()}; output: {out}")
     files = synthetic.generate(
-        os.path.join(out, "data"),
+        os.path.join(args.out, "data"),
         num_train=args.train_images,
         num_val=args.val_images,
         size=(args.size, args.size),
@@ -56,24 +52,52 @@ def run(args):
         f"of {args.size}x{args.size}, classes {names}"
     )
     keras.utils.set_random_seed(args.seed)
+    both = {"batch_size": args.batch_size, "num_classes": args.num_classes}
     train_ds = make_dataset(
         train.images,
         train.masks,
-        batch_size=args.batch_size,
         training=True,
         crop_size=args.size,
         base_size=(2 * args.size, args.size),
-        num_classes=args.num_classes,
         repeat=True,
         seed=args.seed,
+        **both,
     )
-    val_ds = make_dataset(
-        val.images,
-        val.masks,
-        batch_size=args.batch_size,
-        training=False,
-        num_classes=args.num_classes,
-    )
+    val_ds = make_dataset(val.images, val.masks, training=False, **both)
+    return train, val, names, train_ds, val_ds
+
+
+def _write_overlays(args, model, images, names):
+    """Prediction overlays of ``images`` under ``--out``/overlays."""
+    from keras_segformer.data import synthetic
+    from keras_segformer.inference import Segmenter, save_prediction
+
+    overlay_dir = os.path.join(args.out, "overlays")
+    segmenter = Segmenter(model)
+    palette = synthetic.palette(args.num_classes)
+    for path, mask in zip(images, segmenter.predict_mask(images)):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        save_prediction(
+            path,
+            mask,
+            overlay_dir,
+            stem,
+            palette=palette,
+            class_names=names,
+        )
+    return overlay_dir
+
+
+def run(args):
+    import keras
+
+    import keras_segformer
+    from keras_segformer.training import trainer
+
+    start = time.time()
+    out = args.out
+    print(f"backend: {keras.backend.backend()}; output: {out}")
+    train, val, names, train_ds, val_ds = _datasets(args)
     model = keras_segformer.build_segformer(
         args.num_classes, args.variant, id2label=dict(enumerate(names))
     )
@@ -90,21 +114,8 @@ def run(args):
     train_time = time.time() - start
     scores = trainer.evaluate(model, val_ds, class_names=names)
     print(scores["report"])
-
-    overlay_dir = os.path.join(out, "overlays")
-    segmenter = Segmenter(model)
-    palette = synthetic.palette(args.num_classes)
     shown = val.images[: args.overlays]
-    for path, mask in zip(shown, segmenter.predict_mask(shown)):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        save_prediction(
-            path,
-            mask,
-            overlay_dir,
-            stem,
-            palette=palette,
-            class_names=names,
-        )
+    overlay_dir = _write_overlays(args, model, shown, names)
     summary = {
         "backend": keras.backend.backend(),
         "variant": args.variant,
@@ -120,8 +131,10 @@ def run(args):
         "seconds": round(time.time() - start, 1),
         "train_seconds": round(train_time, 1),
     }
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        f.write(trainer.dump_scores(summary))
+    # Atomically, like every file the train command writes.
+    trainer.write_text(
+        os.path.join(out, "summary.json"), trainer.dump_scores(summary)
+    )
     print(
         f"\nheld-out mIoU {100 * scores['mIoU']:.1f}  mAcc "
         f"{100 * scores['mAcc']:.1f}  aAcc {100 * scores['aAcc']:.1f}  "

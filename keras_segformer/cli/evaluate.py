@@ -1,5 +1,7 @@
 """``keras-segformer evaluate``: mIoU, mAcc, aAcc and per-class IoU."""
 
+from keras_segformer.cli.common import add_weights_file_arguments
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
@@ -7,8 +9,7 @@ def add_parser(subparsers):
         help="score a model on image/mask folders (mIoU, mAcc, aAcc)",
     )
     p.add_argument("--model", required=True, help=".keras / HF dir / weights")
-    p.add_argument("--variant", help="b0 ... b5, for a .weights.h5 model")
-    p.add_argument("--num-classes", type=int, help="for a .weights.h5 model")
+    add_weights_file_arguments(p)
     p.add_argument("--images", required=True)
     p.add_argument("--masks", required=True)
     p.add_argument("--reduce-labels", action="store_true")

@@ -8,6 +8,7 @@ Example:
         --quantize int8 --calibration val_images/
 """
 
+from keras_segformer.cli.common import add_weights_file_arguments
 from keras_segformer.export.api import FORMATS, QUANTIZATIONS
 
 
@@ -71,12 +72,7 @@ def add_parser(subparsers):
         help="int8 calibration images (a folder); default: built-in "
         "synthetic images",
     )
-    parser.add_argument(
-        "--variant", help="b0 ... b5, for a .weights.h5 --model"
-    )
-    parser.add_argument(
-        "--num-classes", type=int, help="classes, for a .weights.h5 --model"
-    )
+    add_weights_file_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 

@@ -19,6 +19,7 @@ import tempfile
 
 import numpy as np
 
+from keras_segformer.cli.common import add_weights_file_arguments
 from keras_segformer.decode import IMAGE_EXTENSIONS
 
 PALETTES = ("auto", "ade20k", "cityscapes")
@@ -80,12 +81,7 @@ def add_parser(subparsers):
         "classes are those, else distinct generated colours",
     )
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument(
-        "--variant", help="b0 ... b5, for a .weights.h5 --model"
-    )
-    parser.add_argument(
-        "--num-classes", type=int, help="classes, for a .weights.h5 --model"
-    )
+    add_weights_file_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
