@@ -15,37 +15,18 @@ COMMON = {
     "mlp_ratios": (4, 4, 4, 4),
 }
 
+# One row per variant: depths, hidden sizes, decoder channels.
+_ROWS = {
+    "b0": ((2, 2, 2, 2), (32, 64, 160, 256), 256),
+    "b1": ((2, 2, 2, 2), (64, 128, 320, 512), 256),
+    "b2": ((3, 4, 6, 3), (64, 128, 320, 512), 768),
+    "b3": ((3, 4, 18, 3), (64, 128, 320, 512), 768),
+    "b4": ((3, 8, 27, 3), (64, 128, 320, 512), 768),
+    "b5": ((3, 6, 40, 3), (64, 128, 320, 512), 768),
+}
 VARIANTS = {
-    "b0": {
-        "depths": (2, 2, 2, 2),
-        "hidden_sizes": (32, 64, 160, 256),
-        "decoder_hidden_size": 256,
-    },
-    "b1": {
-        "depths": (2, 2, 2, 2),
-        "hidden_sizes": (64, 128, 320, 512),
-        "decoder_hidden_size": 256,
-    },
-    "b2": {
-        "depths": (3, 4, 6, 3),
-        "hidden_sizes": (64, 128, 320, 512),
-        "decoder_hidden_size": 768,
-    },
-    "b3": {
-        "depths": (3, 4, 18, 3),
-        "hidden_sizes": (64, 128, 320, 512),
-        "decoder_hidden_size": 768,
-    },
-    "b4": {
-        "depths": (3, 8, 27, 3),
-        "hidden_sizes": (64, 128, 320, 512),
-        "decoder_hidden_size": 768,
-    },
-    "b5": {
-        "depths": (3, 6, 40, 3),
-        "hidden_sizes": (64, 128, 320, 512),
-        "decoder_hidden_size": 768,
-    },
+    name: dict(zip(("depths", "hidden_sizes", "decoder_hidden_size"), row))
+    for name, row in _ROWS.items()
 }
 
 BACKBONE_FIELDS = ("depths", "hidden_sizes") + tuple(COMMON)
@@ -90,15 +71,8 @@ def validate_backbone_config(
 
     Returns the lists as tuples of ints.
     """
-    fields = {
-        "depths": depths,
-        "hidden_sizes": hidden_sizes,
-        "num_heads": num_heads,
-        "sr_ratios": sr_ratios,
-        "patch_sizes": patch_sizes,
-        "strides": strides,
-        "mlp_ratios": mlp_ratios,
-    }
+    given = (depths, hidden_sizes, num_heads, sr_ratios, patch_sizes)
+    fields = dict(zip(BACKBONE_FIELDS, given + (strides, mlp_ratios)))
     out = {}
     for name, value in fields.items():
         try:

@@ -52,18 +52,9 @@ def build_mit(
             ``dropout``, ``attention_dropout``, ``layer_norm_epsilon``,
             ``input_shape``, ``include_preprocessing``, ``dtype``, ``name``).
     """
-    cfg = _resolve(
-        variant,
-        {
-            "depths": depths,
-            "hidden_sizes": hidden_sizes,
-            "num_heads": num_heads,
-            "sr_ratios": sr_ratios,
-            "patch_sizes": patch_sizes,
-            "strides": strides,
-            "mlp_ratios": mlp_ratios,
-        },
-    )
+    given = (depths, hidden_sizes, num_heads, sr_ratios, patch_sizes)
+    given += (strides, mlp_ratios)
+    cfg = _resolve(variant, dict(zip(BACKBONE_FIELDS, given)))
     return MiTBackbone(**{k: cfg[k] for k in BACKBONE_FIELDS}, **kwargs)
 
 
@@ -186,17 +177,17 @@ _OPTIONS_DOC = """
 
 _SEGFORMER_DOC = """SegFormer-{V}: semantic segmentation, MiT-{V} encoder.
 
-    Depths {depths}, hidden sizes {hidden_sizes}, an all-MLP decoder of
-    {decoder_hidden_size} channels (Xie et al. 2021, table 6). The model
-    returns logits at 1/4 of the image size and comes compiled with the
-    training recipe (``SegFormerLoss``, ``GroupedAdamW``, ``MeanIoU``).
+    Depths {depths}, hidden sizes {hidden_sizes},
+    an all-MLP decoder of {decoder} channels (Xie et al. 2021, table 6).
+    The model returns logits at 1/4 of the image size and comes compiled
+    with the training recipe (``SegFormerLoss``, ``GroupedAdamW``,
+    ``MeanIoU``).
     ``build_segformer(num_classes, "{v}", ...)``.
 
     Args:
         num_classes: int. Output classes (default 150, ADE20K).
         **kwargs: ``build_segformer`` arguments:
-        decoder_hidden_size: int. Decoder channels (default
-            {decoder_hidden_size}).
+        decoder_hidden_size: int. Decoder channels (default {decoder}).
         dropout: float. Dropout before the classifier only (transformers'
             ``classifier_dropout_prob``, default 0.1); the encoder's is
             ``hidden_dropout``.
@@ -214,8 +205,9 @@ _SEGFORMER_DOC = """SegFormer-{V}: semantic segmentation, MiT-{V} encoder.
 
 _MIT_DOC = """MiT-{V}: the Mix Transformer encoder alone.
 
-    Depths {depths}, hidden sizes {hidden_sizes}; returns the four stage
-    maps ``[c1, c2, c3, c4]`` at strides 4, 8, 16 and 32.
+    Depths {depths}, hidden sizes {hidden_sizes};
+    returns the four stage maps ``[c1, c2, c3, c4]`` at strides 4, 8, 16
+    and 32.
     ``build_mit("{v}", ...)``.
 
     Args:
@@ -232,8 +224,9 @@ _MIT_DOC = """MiT-{V}: the Mix Transformer encoder alone.
 
 _CLASSIFIER_DOC = """MiT-{V} image classifier (ImageNet-style).
 
-    The MiT-{V} encoder (depths {depths}, hidden sizes {hidden_sizes}),
-    then the last stage's mean over positions and a linear classifier, as
+    The MiT-{V} encoder (depths {depths},
+    hidden sizes {hidden_sizes}), then the last stage's mean over
+    positions and a linear classifier, as
     transformers' ``SegformerForImageClassification``; comes compiled
     (sparse cross-entropy, accuracy, AdamW).
     ``build_classifier(num_classes, "{v}", ...)``.
@@ -262,7 +255,7 @@ def _doc(template, name, variant):
         name=name,
         depths=list(cfg["depths"]),
         hidden_sizes=list(cfg["hidden_sizes"]),
-        decoder_hidden_size=cfg["decoder_hidden_size"],
+        decoder=cfg["decoder_hidden_size"],
         options=_OPTIONS_DOC.format(hidden_dropout=hidden_dropout),
     )
 
