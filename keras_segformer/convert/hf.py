@@ -356,7 +356,10 @@ def _check_config_types(config):
 def config_to_kwargs(config):
     """Map a transformers ``SegformerConfig`` dict to builder arguments.
 
-    Returns ``(backbone_kwargs, head_kwargs)``.
+    Returns ``(backbone_kwargs, head_kwargs)``, for ``MiTBackbone`` and
+    ``SegFormer``: ``dropout`` is each constructor's own, the encoder's
+    ``hidden_dropout_prob`` in the first and the classifier's
+    ``classifier_dropout_prob`` in the second.
     """
     if not isinstance(config, dict):
         raise CheckpointError(
