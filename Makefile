@@ -33,10 +33,11 @@ INDEPENDENT_ON ?= $(if $(filter tensorflow,$(BACKENDS)),tensorflow,$(firstword $
 TEST_JOBS ?= 2
 SPLIT_BACKENDS ?= jax tensorflow torch
 # Files with about half of each suite's time (the heaviest: export
-# fixtures, transformers parity, fit on every entry point, kill-and-resume,
+# fixtures, transformers parity, fit on every entry point, training runs,
 # the tf.data pipeline on TensorFlow); a file missing here stops part 1.
 TEST_SPLIT ?= tests/test_export.py tests/test_keras_way.py \
 	tests/test_parity_hf.py tests/test_train_resume.py \
+	tests/test_train_cli.py tests/test_distributed.py \
 	tests/test_bad_input.py tests/test_data.py
 # Longest first: the two halves of JAX and TensorFlow (~33 minutes each
 # side by side at 3d8a197), then PyTorch's (~9 minutes alone), so that

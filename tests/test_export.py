@@ -4,6 +4,15 @@ Each artifact is compared with the Keras model of the running backend.
 Conversions are slow (TFLite, tf2onnx), so each module fixture writes all
 its artifacts with one ``export_many`` call (one TensorFlow worker process
 on JAX and PyTorch) and the tests share them.
+
+On JAX and PyTorch every format is written by that TensorFlow worker from
+a ``.keras`` copy of the model, with the code the TensorFlow backend runs
+in process. What depends on the backend is checked on every backend: its
+weights reach each float format (at every size), the calibration images
+reach the worker (int8), and Keras' ``model.export`` reaches the worker.
+What is TensorFlow graph work, the same from every backend (pre- and
+post-processing inside the graph, float16, each ``model.export`` format,
+the CLI's argument handling), is checked once, on TensorFlow.
 """
 
 import contextlib
@@ -20,6 +29,8 @@ from PIL import Image
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 pytest.importorskip("onnxruntime")
+
+from conftest import BACKEND  # noqa: E402
 
 from keras_segformer import cli  # noqa: E402
 from keras_segformer.export import (  # noqa: E402
@@ -46,6 +57,13 @@ FLOAT_FORMATS = {
 # Keras model's, on a briefly trained model (see `_train_tiny`); the
 # measured shares per backend are in the keras_segformer.export docstring.
 MIN_AGREEMENT = {"float16": 0.995, "int8": 0.9}
+ON_TENSORFLOW = BACKEND == "tensorflow"
+# The same TensorFlow graph work from every backend (module docstring).
+tensorflow_only = pytest.mark.skipif(
+    not ON_TENSORFLOW,
+    reason="TensorFlow graph work, the same from every backend: checked on "
+    "TensorFlow (the float formats check this backend's weights)",
+)
 
 
 def _numpy(x):
@@ -112,7 +130,22 @@ def exported(tmp_path_factory):
         {"path": out / name, "format": fmt}
         for fmt, name in FLOAT_FORMATS.items()
     ]
-    specs += [
+    if ON_TENSORFLOW:
+        specs += _tensorflow_only_specs(out)
+    specs.append(
+        {
+            "path": out / "int8.tflite",
+            "format": "tflite",
+            "quantization": "int8",
+            "representative_images": calibration,
+        }
+    )
+    paths = export_many(model, specs)
+    return model, dict(zip([os.path.basename(p) for p in paths], paths))
+
+
+def _tensorflow_only_specs(out):
+    return [
         {
             "path": out / "prepost.onnx",
             "format": "onnx",
@@ -131,15 +164,7 @@ def exported(tmp_path_factory):
             "format": "tflite",
             "quantization": "float16",
         },
-        {
-            "path": out / "int8.tflite",
-            "format": "tflite",
-            "quantization": "int8",
-            "representative_images": calibration,
-        },
     ]
-    paths = export_many(model, specs)
-    return model, dict(zip([os.path.basename(p) for p in paths], paths))
 
 
 @pytest.mark.parametrize("fmt", list(FLOAT_FORMATS))
@@ -190,6 +215,7 @@ def _assert_same_mask(model, image, mask):
     assert differ.mean() < 1e-3
 
 
+@tensorflow_only
 @pytest.mark.parametrize(
     "name, size",
     [("prepost.onnx", SIZES[0]), ("prepost.onnx", SIZES[1])]
@@ -209,7 +235,9 @@ def test_raw_uint8_in_mask_out(exported, name, size):
         _assert_same_mask(model, image, mask)
 
 
-@pytest.mark.parametrize("quantization", ["float16", "int8"])
+@pytest.mark.parametrize(
+    "quantization", [pytest.param("float16", marks=tensorflow_only), "int8"]
+)
 def test_quantized_tflite_agrees_with_float_argmax(exported, quantization):
     model, paths = exported
     num_classes = NUM_CLASSES
@@ -241,6 +269,7 @@ def hf_dir(tmp_path_factory):
     return directory
 
 
+@tensorflow_only
 def test_cli_export_of_transformers_directory(hf_dir, tmp_path, capsys):
     out = tmp_path / "nested" / "hf_saved_model"
     rc = cli.main(
@@ -426,7 +455,8 @@ def keras_exported(tmp_path_factory):
     """A tiny SegFormer compiled with the training defaults (loss,
     GroupedAdamW with its state, MeanIoU), written once per format with
     Keras' ``model.export``; the printed text is kept per format. Plus a
-    MiTClassifier as a SavedModel."""
+    MiTClassifier as a SavedModel and the backbone as ONNX. On JAX and
+    PyTorch (a TensorFlow worker per call) only the SavedModel."""
     from conftest import TINY
 
     import keras_segformer
@@ -438,11 +468,15 @@ def keras_exported(tmp_path_factory):
     compile_for_training(model, total_steps=10)
     model.optimizer.build(model.trainable_variables)
     paths, printed = {}, {}
-    for fmt, (name, kwargs) in KERAS_EXPORTS.items():
+    formats = list(KERAS_EXPORTS) if ON_TENSORFLOW else ["tf_saved_model"]
+    for fmt in formats:
+        name, kwargs = KERAS_EXPORTS[fmt]
         paths[fmt] = str(out / name)
         with contextlib.redirect_stdout(io.StringIO()) as text:
             assert model.export(paths[fmt], format=fmt, **kwargs) is None
         printed[fmt] = text.getvalue()
+    if not ON_TENSORFLOW:
+        return model, None, paths, printed
     classifier = keras_segformer.build_classifier(3, **TINY)
     paths["classifier"] = str(out / "classifier_saved_model")
     classifier.export(paths["classifier"], verbose=False)
@@ -454,7 +488,15 @@ def keras_exported(tmp_path_factory):
     return model, classifier, paths, printed
 
 
-@pytest.mark.parametrize("fmt", list(KERAS_EXPORTS))
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        fmt
+        if fmt == "tf_saved_model"
+        else pytest.param(fmt, marks=tensorflow_only)
+        for fmt in KERAS_EXPORTS
+    ],
+)
 def test_keras_export_matches_predict(keras_exported, fmt):
     model, _, paths, _ = keras_exported
     run = ExportedModel(paths[fmt])
@@ -474,6 +516,7 @@ def test_keras_export_matches_predict(keras_exported, fmt):
             np.testing.assert_allclose(served, expected, atol=ATOL, rtol=0)
 
 
+@tensorflow_only
 def test_keras_export_classifier(keras_exported):
     _, classifier, paths, _ = keras_exported
     x = _images(np.random.default_rng(12), SIZES[1])
@@ -483,6 +526,7 @@ def test_keras_export_classifier(keras_exported):
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
 
 
+@tensorflow_only
 def test_keras_export_backbone_features(keras_exported):
     model, _, paths, printed = keras_exported
     backbone = model.backbone
@@ -499,15 +543,20 @@ def test_keras_export_backbone_features(keras_exported):
     assert "stage4_norm (None, None, None, 32) float32" in printed["backbone"]
 
 
+def test_keras_export_prints_like_keras(keras_exported):
+    _, _, paths, printed = keras_exported
+    # verbose=None prints like Keras: path and signature.
+    text = printed["tf_saved_model"]
+    assert f"Saved artifact at '{paths['tf_saved_model']}'" in text
+    assert "images (None, None, None, 3) float32 -> logits" in text
+
+
+@tensorflow_only
 def test_keras_export_input_signature_and_verbose(keras_exported):
     _, _, paths, printed = keras_exported
     run = ExportedModel(paths["litert"])
     (detail,) = run._interpreter.get_input_details()
     assert list(detail["shape_signature"]) == [-1, *SIZES[0], 3]
-    # verbose=None prints like Keras: path and signature.
-    text = printed["tf_saved_model"]
-    assert f"Saved artifact at '{paths['tf_saved_model']}'" in text
-    assert "images (None, None, None, 3) float32 -> logits" in text
     assert "images (None, 61, 83, 3) float32" in printed["litert"]
     assert "(None, 16, 21, 4)" in printed["litert"]
     assert printed["onnx"] == ""  # verbose=False
