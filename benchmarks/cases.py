@@ -144,7 +144,10 @@ class Column:
             return "transformers-bf16" if self.bf16 else "transformers"
         if self.kind == "keras-hub":
             return f"keras-hub-{backend}"
-        return f"ours-{backend}-bf16" if self.bf16 else f"ours-{backend}"
+        if self.bf16:
+            # Not chosen yet (or never: no bf16 units): its --impls name.
+            return f"ours-{self.backend}-bf16" if self.backend else "ours-bf16"
+        return f"ours-{backend}"
 
 
 def column_names():

@@ -368,6 +368,10 @@ def test_bf16_cells_without_units(tmp_path):
     )
     assert report["machine"]["bf16_units"] == WITHOUT_UNITS
     assert len(report["results"]) == 4
+    assert {r["impl"] for r in report["results"]} == {
+        "ours-bf16",
+        "transformers-bf16",
+    }
     for r in report["results"]:
         assert r["status"] == "no bf16 units on this CPU"
         assert "figures" not in r
@@ -450,6 +454,7 @@ def test_parse_case_and_columns():
     assert cases.parse_column("keras-hub", hub_backend="jax").name == (
         "keras-hub-jax"
     )
+    assert cases.parse_column("ours-bf16").name == "ours-bf16"
     bf16 = cases.parse_column("ours-torch-bf16")
     assert bf16.bf16 and bf16.backend == "torch"
     hf16 = cases.parse_column("transformers-bf16")
