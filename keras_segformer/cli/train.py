@@ -230,8 +230,23 @@ def _init_model(args, id2label, resume=False):
 
 def run(args):
     from keras_segformer.training import distribution_scope
+    from keras_segformer.training.cluster import cluster
     from keras_segformer.training.distribute import check_batch_size
 
+    found = cluster()  # TF_CONFIG, KERAS_DISTRIBUTION_* ...: all workers
+    if found is not None:
+        if args.devices not in (None, "all"):
+            raise ValueError(
+                f"--devices: {found.source} describes a cluster, whose "
+                "workers each train on all their devices; drop --devices "
+                f"(got {args.devices})."
+            )
+        # First of all: before any other TF op or JAX computation.
+        with distribution_scope() as replicas:
+            check_batch_size(
+                args.batch_size, replicas.num_replicas, "--batch-size"
+            )
+            return _train(args, replicas)
     if args.devices is None:
         return _train(args)
     devices = None if args.devices == "all" else args.devices
@@ -262,14 +277,13 @@ def _settings(args, steps):
     }
 
 
-def _train(args):
+def _train(args, replicas=None):
     from keras_segformer.cli.common import read_class_names
-    from keras_segformer.data import make_dataset
     from keras_segformer.data.loading import resolve_pairs
     from keras_segformer.training import trainer
 
     id2label = read_class_names(args.labels, args.num_classes)
-    images, _ = resolve_pairs(args.images, args.masks)
+    images, masks = resolve_pairs(args.images, args.masks)
     steps = args.steps
     if steps is None:
         steps = max(1, len(images) // args.batch_size)
@@ -284,34 +298,7 @@ def _train(args):
             print(status.message())
             return 0
         resume = status.source is not None
-    common = dict(
-        num_classes=args.num_classes,
-        reduce_labels=args.reduce_labels,
-        seed=args.seed,
-    )
-    train_ds = make_dataset(
-        args.images,
-        args.masks,
-        batch_size=args.batch_size,
-        training=True,
-        crop_size=args.crop_size[0]
-        if len(args.crop_size) == 1
-        else tuple(args.crop_size),
-        base_size=tuple(args.base_size),
-        repeat=True,
-        **common,
-    )
-    val_ds = None
-    if args.val_images or args.val_masks:
-        if not (args.val_images and args.val_masks):
-            raise ValueError("Pass both --val-images and --val-masks.")
-        val_ds = make_dataset(
-            args.val_images,
-            args.val_masks,
-            batch_size=1,
-            training=False,
-            **common,
-        )
+    train_ds, val_ds = _datasets(args, (images, masks), replicas)
     model = _init_model(args, id2label, resume=resume)
     trainer.fit(
         model,
@@ -325,5 +312,63 @@ def _train(args):
         overwrite=args.overwrite,
         settings=settings,
     )
-    print(f"saved {os.path.join(args.out, trainer.FINAL_MODEL)}")
+    if replicas is None or replicas.cluster.chief:
+        print(f"saved {os.path.join(args.out, trainer.FINAL_MODEL)}")
     return 0
+
+
+def _datasets(args, train_pairs, replicas=None):
+    """The training and validation pipelines. In a cluster (``replicas``
+    of several workers) each worker reads its own shard of the training
+    files; the validation set is scored once over all workers (JAX: each
+    process its shard, padded to one length with blank samples)."""
+    from keras_segformer.data import make_dataset
+    from keras_segformer.data.loading import resolve_pairs
+    from keras_segformer.training import cluster as cluster_lib
+
+    found = replicas.cluster if replicas is not None else None
+    common = dict(
+        num_classes=args.num_classes,
+        reduce_labels=args.reduce_labels,
+        seed=args.seed,
+    )
+    crop = args.crop_size
+    train_ds = make_dataset(
+        *(cluster_lib.shard(pairs, found) for pairs in train_pairs),
+        batch_size=cluster_lib.input_batch_size(args.batch_size, found),
+        training=True,
+        crop_size=crop[0] if len(crop) == 1 else tuple(crop),
+        base_size=tuple(args.base_size),
+        repeat=True,
+        **common,
+    )
+    if found is not None:
+        train_ds = cluster_lib.worker_dataset(train_ds, 0, 0)
+    if not (args.val_images or args.val_masks):
+        return train_ds, None
+    if not (args.val_images and args.val_masks):
+        raise ValueError("Pass both --val-images and --val-masks.")
+    if found is None or found.backend == "tensorflow":
+        # TensorFlow: every worker holds the whole set, the strategy
+        # shares its batches out (one sample per device and step); a
+        # shard per worker would trace other steps on each worker, and
+        # their collectives would no longer pair up.
+        batch = 1 if found is None else replicas.num_replicas
+        val = make_dataset(
+            args.val_images,
+            args.val_masks,
+            batch_size=batch,
+            training=False,
+            **common,
+        )
+        return train_ds, val
+    images, masks = resolve_pairs(args.val_images, args.val_masks)
+    most = -(-len(images) // found.workers)  # the first shard's length
+    images = cluster_lib.shard(images, found)
+    masks = cluster_lib.shard(masks, found)
+    # One sample per device and step.
+    batch = cluster_lib.input_batch_size(replicas.num_replicas, found)
+    val = make_dataset(
+        images, masks, batch_size=batch, training=False, **common
+    )
+    return train_ds, cluster_lib.worker_dataset(val, len(images), most)

@@ -1,4 +1,5 @@
-"""Data-parallel training on the devices of one host.
+"""Data-parallel training on the devices of one host, or of several
+(``cluster``: TF_CONFIG / Keras' JAX launch variables).
 
 ``distribution_scope`` picks the backend's own mechanism:
 
@@ -31,21 +32,32 @@ import contextlib
 
 import keras
 
+from keras_segformer.training import cluster as cluster_lib
 
-class Replicas(collections.namedtuple("Replicas", ["devices", "strategy"])):
+
+class Replicas(
+    collections.namedtuple(
+        "Replicas", ["devices", "strategy", "cluster"], defaults=[None]
+    )
+):
     """What ``distribution_scope`` runs on.
 
     Attributes:
-        devices: list of str. The devices, one replica each.
-        strategy: the ``tf.distribute.MirroredStrategy`` (TensorFlow) or
+        devices: list of str. The devices, one replica each (in a
+            TensorFlow cluster: this worker's).
+        strategy: the ``tf.distribute.MirroredStrategy`` or
+            ``MultiWorkerMirroredStrategy`` (TensorFlow),
             ``keras.distribution.DataParallel`` (JAX); None on PyTorch.
+        cluster: ``cluster.Cluster`` or None (one host).
     """
 
     __slots__ = ()
 
     @property
     def num_replicas(self):
-        """int. Number of devices."""
+        """int. Number of devices, over all workers."""
+        if self.cluster is not None and self.cluster.backend == "tensorflow":
+            return int(self.strategy.num_replicas_in_sync)
         return len(self.devices)
 
 
@@ -122,11 +134,18 @@ def distribution_scope(devices=None):
     Batch sizes stay global (a batch of 16 on 4 devices puts 4 samples on
     each) and must be divisible by the number of devices.
 
+    When the environment describes several workers (``cluster.cluster``:
+    ``TF_CONFIG``, Keras' ``KERAS_DISTRIBUTION_*`` variables, a SLURM
+    job ...), the scope spans every device of every worker
+    (``MultiWorkerMirroredStrategy`` / ``DataParallel`` over all
+    processes) and prints one line naming the cluster. Enter it first,
+    before any other TensorFlow op or JAX computation.
+
     Args:
         devices: None, int or list of str. None: all accelerators of the
             host (see ``list_devices``); an int: that many of them; a list:
             those devices (TensorFlow names such as ``"/gpu:0"``, JAX names
-            such as ``"gpu:0"``).
+            such as ``"gpu:0"``). None in a cluster.
 
     Yields:
         ``Replicas``: ``devices``, ``num_replicas`` and the backend's
@@ -138,6 +157,11 @@ def distribution_scope(devices=None):
     ...     trainer.fit(model, train_ds, out_dir="runs/b0", epochs=160,
     ...                 steps_per_epoch=1000)
     """
+    found = cluster_lib.cluster()
+    if found is not None:
+        with _cluster_scope(found, devices) as replicas:
+            yield replicas
+        return
     backend = keras.backend.backend()
     if backend not in ("tensorflow", "jax"):
         if devices is None:
@@ -169,6 +193,22 @@ def distribution_scope(devices=None):
             yield Replicas(devices, distribution)
     else:
         yield Replicas(devices, None)
+
+
+@contextlib.contextmanager
+def _cluster_scope(found, devices):
+    strategy = cluster_lib.start(found, devices)
+    if found.backend == "tensorflow":
+        local = list(strategy.extended.worker_devices)
+        replicas = Replicas(local, strategy, found)
+        with strategy.scope():
+            print(found.describe(replicas.num_replicas), flush=True)
+            yield replicas
+    else:
+        replicas = Replicas(list_devices(), strategy, found)
+        with strategy.scope():
+            print(found.describe(replicas.num_replicas), flush=True)
+            yield replicas
 
 
 def num_replicas(model=None):

@@ -1,10 +1,9 @@
 """The run folder: atomic writes, resumable callbacks, the run's status.
 
-Every file a run writes is written under a temporary name in its folder
-and renamed into place (``os.replace``), so a kill at any instant leaves
-complete files only. ``AtomicModelCheckpoint``, ``AtomicBackupAndRestore``
-and ``EpochLog`` are Keras' callbacks made atomic; ``check_run`` reads a
-run folder and checks it against a new request.
+Every file is written under a temporary name in its folder and renamed
+into place (``os.replace``): a kill at any instant leaves complete files
+only. ``AtomicModelCheckpoint``, ``AtomicBackupAndRestore``, ``EpochLog``:
+Keras' callbacks made atomic; ``check_run`` reads a run folder.
 """
 
 import csv
@@ -338,44 +337,44 @@ def read_backup_state(backup_dir):
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` whose every write is atomic.
 
-    Keras' callback copies ``latest.weights.h5`` to ``.bkp`` (with
-    ``double_checkpoint``), then overwrites ``latest.weights.h5`` and
+    Keras' callback overwrites ``latest.weights.h5`` and
     ``training_metadata.json`` in place: a kill during a write leaves a
-    truncated file (a truncated metadata file is not even caught by the
-    fallback), and one between the two writes pairs the new weights with
-    the old epoch count, so that an epoch is trained twice. Here each state
-    is a new file ``state-NNN.weights.h5`` (weights and optimizer after NNN
-    epochs, written atomically), and ``state.json``, which names it, is
-    replaced after it: that rename commits the state. With
-    ``double_checkpoint`` the state before stays as a fallback when the
-    newest cannot be read. The backup is not deleted at the end (``fit``
-    deletes it once ``model.keras`` is written).
+    truncated file, one between the two writes pairs the new weights with
+    the old epoch count (an epoch trained twice). Here each state is a new
+    file ``state-NNN.weights.h5`` (weights and optimizer after NNN epochs,
+    written atomically), and ``state.json``, which names it, is replaced
+    after it: that rename commits the state. With ``double_checkpoint`` the
+    state before stays as a fallback when the newest cannot be read. The
+    backup is kept at the end (``fit`` deletes it after ``model.keras``).
 
     Args:
         backup_dir: str. Folder for this callback alone.
         double_checkpoint: bool. Keep the previous state too.
+        restore_dir: str or None. Where to restore from (a cluster's
+            other workers: the chief's backup); ``backup_dir`` by default.
     """
 
     STATE = "state.json"
 
-    def __init__(self, backup_dir, double_checkpoint=True):
+    def __init__(self, backup_dir, double_checkpoint=True, restore_dir=None):
         super().__init__(
             os.fspath(backup_dir),
             double_checkpoint=double_checkpoint,
             delete_checkpoint=False,
         )
+        self.restore_dir = os.fspath(restore_dir or backup_dir)
 
     def on_train_begin(self, logs=None):
         self._load_model()
 
     def _load_model(self):
-        state = read_backup_state(self.backup_dir)
+        state = read_backup_state(self.restore_dir)
         if state is None:
             return
         if not self.model.built:
             raise ValueError(
                 "Build the model before `fit` to restore a backup "
-                f"({self.backup_dir})."
+                f"({self.restore_dir})."
             )
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
@@ -384,7 +383,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             [state["previous"]] if state["previous"] else []
         )
         for i, entry in enumerate(candidates):
-            path = os.path.join(self.backup_dir, entry["weights"])
+            path = os.path.join(self.restore_dir, entry["weights"])
             try:
                 self.model.load_weights(path)
             except OSError as e:

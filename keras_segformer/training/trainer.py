@@ -9,11 +9,13 @@ files made atomic in ``run_files`` (whose names are re-exported here).
 
 import json
 import os
+import tempfile
 
 import keras
 from keras import tree
 
 from keras_segformer.errors import data_errors
+from keras_segformer.training import cluster as cluster_lib
 from keras_segformer.training.distribute import (
     check_batch_size,
     num_replicas,
@@ -181,53 +183,76 @@ def fit(
         "learning_rate": float(learning_rate),
         **_model_settings(model),
     }
+    found = cluster_lib.joined()
     status = _prepare_run(
-        out_dir, epochs, steps_per_epoch, settings, overwrite=overwrite
+        out_dir, epochs, steps_per_epoch, settings, overwrite, found
     )
+    # Other workers than the chief write into a scratch folder of theirs.
+    chief = found is None or found.chief
+    write_dir = out_dir if chief else tempfile.mkdtemp(prefix="segformer-")
     say = print if verbose != 0 else _silent
-    with strategy_scope(model):
-        validation_data = _check_data(model, train_data, validation_data)
-        compile_model(
-            model,
-            total_steps=epochs * steps_per_epoch,
-            learning_rate=learning_rate,
-            **optimizer_kw,
-        )
-        if status.source == "model":
-            _load_state(model, os.path.join(out_dir, FINAL_MODEL))
-        if status.finished:
-            say(status.message())
-            return keras.callbacks.History()
-        _write_run(out_dir, status, settings, model_epochs=status.model_epochs)
-        message = _start_message(status, steps_per_epoch)
-        if message:
-            say(message)
-        model._initial_epoch = None  # set by a backup restored earlier
-        history = model.fit(
-            train_data,
-            epochs=epochs,
-            initial_epoch=status.done if status.source == "model" else 0,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=validation_data,
-            verbose=verbose,
-            callbacks=[*_run_callbacks(out_dir), *callbacks],
-        )
-        done = history.epoch[-1] + 1 if history.epoch else epochs
-        write_atomic(os.path.join(out_dir, FINAL_MODEL), model.save)
-    # model.keras now holds the newest state: the backup can go.
-    _write_run(out_dir, status, settings, model_epochs=done)
-    _remove(os.path.join(out_dir, BACKUP))
+    try:
+        with strategy_scope(model):
+            validation_data = _check_data(
+                model, train_data, validation_data, found
+            )
+            compile_model(
+                model,
+                total_steps=epochs * steps_per_epoch,
+                learning_rate=learning_rate,
+                **optimizer_kw,
+            )
+            if status.source == "model":
+                _load_state(model, os.path.join(out_dir, FINAL_MODEL))
+            if status.finished:
+                say(status.message())
+                return keras.callbacks.History()
+            if chief:
+                _write_run(
+                    out_dir, status, settings, model_epochs=status.model_epochs
+                )
+            message = _start_message(status, steps_per_epoch)
+            if message:
+                say(message)
+            model._initial_epoch = None  # set by a backup restored earlier
+            with cluster_lib.lost_worker_errors(found, out_dir):
+                history = model.fit(
+                    train_data,
+                    epochs=epochs,
+                    initial_epoch=status.done
+                    if status.source == "model"
+                    else 0,
+                    steps_per_epoch=steps_per_epoch,
+                    validation_data=validation_data,
+                    verbose=verbose,
+                    callbacks=[*_run_callbacks(write_dir, out_dir), *callbacks],
+                )
+            done = history.epoch[-1] + 1 if history.epoch else epochs
+            write_atomic(os.path.join(write_dir, FINAL_MODEL), model.save)
+    finally:
+        if not chief:
+            _remove(write_dir)
+    if chief:
+        # model.keras now holds the newest state: the backup can go.
+        _write_run(out_dir, status, settings, model_epochs=done)
+        _remove(os.path.join(out_dir, BACKUP))
     return history
 
 
-def _prepare_run(out_dir, epochs, steps_per_epoch, settings, *, overwrite):
+def _prepare_run(out_dir, epochs, steps_per_epoch, settings, overwrite, found):
     """Check the arguments, make ``out_dir`` ready (``overwrite``,
-    leftover temporaries, a stale backup) and read its run."""
+    leftover temporaries, a stale backup) and read its run. In a cluster
+    only the chief changes the folder; the others read it after it."""
     if epochs < 1 or steps_per_epoch < 1:
         raise ValueError(
             "`epochs` and `steps_per_epoch` must be >= 1. Received "
             f"epochs={epochs}, steps_per_epoch={steps_per_epoch}."
         )
+    if found is not None and not found.chief:
+        if not overwrite:  # the chief's refusal, here too
+            check_run(out_dir, epochs=epochs, settings=settings)
+        cluster_lib.barrier(found, "run folder ready")
+        return check_run(out_dir, epochs=epochs, settings=settings)
     os.makedirs(out_dir, exist_ok=True)
     _check_writable(out_dir)
     if overwrite:
@@ -237,19 +262,25 @@ def _prepare_run(out_dir, epochs, steps_per_epoch, settings, *, overwrite):
     backup = os.path.join(out_dir, BACKUP)
     if status.source != "backup" and os.path.exists(backup):
         _remove(backup)  # older than model.keras (a cleanup cut short)
+    if found is not None:
+        cluster_lib.barrier(found, "run folder ready")
     return status
 
 
-def _check_data(model, train_data, validation_data):
+def _check_data(model, train_data, validation_data, found):
     """Refuse a training batch that does not split over the devices; pad
-    the validation batches to a multiple of them."""
+    the validation batches to a multiple of them. A JAX process's batches
+    are its part of the global batch."""
     replicas = num_replicas(model)
+    processes = found.workers if found and found.backend == "jax" else 1
     if replicas > 1:
         batch = _batch_size(train_data)
         if batch is not None:
+            batch *= processes
             check_batch_size(batch, replicas, "training batch size")
         if hasattr(validation_data, "element_spec"):
-            validation_data = pad_batches(validation_data, replicas)
+            local = replicas // processes
+            validation_data = pad_batches(validation_data, local)
     return validation_data
 
 
@@ -272,10 +303,11 @@ def _start_message(status, steps_per_epoch):
     return None
 
 
-def _run_callbacks(out_dir):
-    """The callbacks that write the run folder. The log and checkpoint
-    come before the backup: the backup commits the epoch; killed before
-    it, the epoch runs again and rewrites both."""
+def _run_callbacks(out_dir, run_dir):
+    """The callbacks that write the run folder ``out_dir`` (a worker's
+    scratch folder, restoring from the chief's ``run_dir``). The log and
+    checkpoint come before the backup: the backup commits the epoch;
+    killed before it, the epoch runs again and rewrites both."""
     checkpoints = os.path.join(out_dir, CHECKPOINTS)
     os.makedirs(checkpoints, exist_ok=True)
     return [
@@ -285,7 +317,9 @@ def _run_callbacks(out_dir):
             save_weights_only=True,
         ),
         AtomicBackupAndRestore(
-            os.path.join(out_dir, BACKUP), double_checkpoint=True
+            os.path.join(out_dir, BACKUP),
+            double_checkpoint=True,
+            restore_dir=os.path.join(run_dir, BACKUP),
         ),
         *_tensorboard(out_dir),
     ]
