@@ -179,6 +179,8 @@ BACKEND_INDEPENDENT = {
         "test_merge_probs_averages_probabilities",
     },
     "test_export.py": {"test_calibration_images_sources"},
+    # Every step in a fresh process with its own backend (all three).
+    "test_journey.py": {"test_train_then_predict_and_export_on_other_backends"},
     # Argument and file errors raised before any model is built; a
     # `convert` stopped by its config file in a fresh process.
     "test_cli_errors.py": {

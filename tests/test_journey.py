@@ -1,20 +1,26 @@
 """A new user's journey in fresh processes, as the README writes it:
-``keras-segformer train`` on this backend, then the trained model loaded,
-used and exported from another backend (a test inside one process could
-hide a class that only an earlier import registered)."""
+``keras-segformer train`` on one backend, then the trained model loaded,
+used and exported from the others (a test inside one process could hide a
+class that only an earlier import registered).
+
+Every step runs in its own process with its backend set, so the journey
+does not depend on the backend of the test run: it runs once (listed as
+backend-independent in tests/conftest.py) and still passes through all
+three backends: trained on PyTorch, loaded and exported on JAX,
+predicted with the CLI on TensorFlow."""
 
 import os
 import subprocess
 import sys
 
 import numpy as np
-from conftest import BACKEND
 
 from keras_segformer.data import synthetic
 from keras_segformer.export import ExportedModel
 
 NUM_CLASSES = 3
-OTHER = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}
+# Where each step runs.
+TRAIN, USE, PREDICT = "torch", "jax", "tensorflow"
 
 _USE_ELSEWHERE = """
 import sys
@@ -42,7 +48,7 @@ def _cli(*args, backend):
     return _run([sys.executable, "-m", "keras_segformer", *args], backend)
 
 
-def test_train_then_predict_and_export_on_another_backend(tmp_path):
+def test_train_then_predict_and_export_on_other_backends(tmp_path):
     files = synthetic.generate(
         tmp_path / "data", 4, 2, size=(61, 83), num_classes=NUM_CLASSES
     )
@@ -71,11 +77,10 @@ def test_train_then_predict_and_export_on_another_backend(tmp_path):
         "64",
         "--out",
         str(run),
-        backend=BACKEND,
+        backend=TRAIN,
     )
     model_file = run / "model.keras"
     assert model_file.is_file()
-    other = OTHER[BACKEND]
 
     x = np.random.default_rng(0).standard_normal((2, 61, 83, 3), "float32")
     np.save(tmp_path / "x.npy", x)
@@ -88,7 +93,7 @@ def test_train_then_predict_and_export_on_another_backend(tmp_path):
             str(tmp_path / "x.npy"),
             str(tmp_path / "logits.npy"),
         ],
-        other,
+        USE,
     )
     logits = np.load(tmp_path / "logits.npy")
     assert logits.shape == (2, 16, 21, NUM_CLASSES)
@@ -102,7 +107,7 @@ def test_train_then_predict_and_export_on_another_backend(tmp_path):
         os.path.dirname(val.images[0]),
         "--output",
         str(preds),
-        backend=other,
+        backend=PREDICT,
     )
     written = sorted(os.listdir(preds))
     stems = [os.path.splitext(os.path.basename(p))[0] for p in val.images]
@@ -118,7 +123,7 @@ def test_train_then_predict_and_export_on_another_backend(tmp_path):
         "onnx",
         "--out",
         str(onnx_file),
-        backend=other,
+        backend=USE,
     )
     exported = ExportedModel(str(onnx_file))(x)
     np.testing.assert_allclose(exported, logits, atol=1e-4)
