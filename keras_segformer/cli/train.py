@@ -3,6 +3,7 @@
 import argparse
 import math
 import os
+import sys
 
 
 def add_parser(subparsers):
@@ -230,7 +231,7 @@ def _init_model(args, id2label, resume=False):
 
 def run(args):
     from keras_segformer.training import distribution_scope
-    from keras_segformer.training.cluster import cluster
+    from keras_segformer.training.cluster import WorkerLostError, cluster
     from keras_segformer.training.distribute import check_batch_size
 
     found = cluster()  # TF_CONFIG, KERAS_DISTRIBUTION_* ...: all workers
@@ -246,7 +247,17 @@ def run(args):
             check_batch_size(
                 args.batch_size, replicas.num_replicas, "--batch-size"
             )
-            return _train(args, replicas)
+            try:
+                return _train(args, replicas)
+            except WorkerLostError as e:
+                if found.backend != "jax":
+                    raise
+                # JAX's exit waits for every process at a barrier that
+                # fails, and aborts: leave now with the message.
+                print(f"keras-segformer train: error: {e}", file=sys.stderr)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(2)
     if args.devices is None:
         return _train(args)
     devices = None if args.devices == "all" else args.devices
