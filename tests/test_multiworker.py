@@ -135,11 +135,13 @@ def _patch_worker(root, index, kill):
         )
 
     keras_segformer.build_segformer = tiny
-    replaced = []
+    # A line per file, written at once: a killed worker keeps its list.
+    replaced = open(os.path.join(root, f"replaced_{index}.txt"), "a")
     os_replace = os.replace
 
     def replace(src, dst, *args, **kwargs):
-        replaced.append(os.path.abspath(os.fspath(dst)))
+        replaced.write(os.path.abspath(os.fspath(dst)) + "\n")
+        replaced.flush()
         return os_replace(src, dst, *args, **kwargs)
 
     os.replace = replace
@@ -168,16 +170,11 @@ def _worker(phase, index, root):
             result["chief"] = replicas.cluster.chief
             result["step_logs"] = _step(root, replicas.cluster)
         result["step_seconds"] = time.perf_counter() - start
-    replaced = _patch_worker(root, index, kill=phase == "a")
-    start = time.perf_counter()
-    try:
-        result["rc"] = main(_cli_args(root))
-    finally:
-        result["cli_seconds"] = time.perf_counter() - start
-        result["replaced"] = replaced
-        name = f"result_{phase}{index}.json"
-        with open(os.path.join(root, name), "w") as f:
-            json.dump(result, f)
+    # Written now: the CLI may leave with os._exit (a lost JAX worker).
+    with open(os.path.join(root, f"result_{phase}{index}.json"), "w") as f:
+        json.dump(result, f)
+    _patch_worker(root, index, kill=phase == "a")
+    sys.exit(main(_cli_args(root)))
 
 
 # ----------------------------------------------------------------- tests
@@ -233,10 +230,20 @@ def _launch(phase, root):
 
 
 def _results(phase, root):
+    """Each worker's result file and the files it renamed into place
+    (then the list starts afresh for the next phase)."""
     results = []
     for i in range(2):
-        path = os.path.join(root, f"result_{phase}{i}.json")
-        results.append(json.load(open(path)) if os.path.exists(path) else None)
+        with open(os.path.join(root, f"result_{phase}{i}.json")) as f:
+            result = json.load(f)
+        path = os.path.join(root, f"replaced_{i}.txt")
+        if os.path.exists(path):
+            with open(path) as f:
+                result["replaced"] = f.read().split()
+            os.remove(path)
+        else:
+            result["replaced"] = []
+        results.append(result)
     return results
 
 
@@ -285,6 +292,11 @@ def cluster_run(tmp_path_factory):
             "seconds": seconds,
             "results": _results(phase, root),
         }
+        # The backup (removed once the run is finished) after phase a.
+        state = os.path.join(root, "run", "backup", "state.json")
+        if os.path.exists(state):
+            with open(state) as f:
+                run[phase]["backup"] = json.load(f)
         print(f"phase {phase}: {[round(s) for s in seconds]} s")
     return run
 
@@ -337,9 +349,7 @@ def test_a_killed_worker_stops_the_other_with_a_clear_message(cluster_run):
     assert "another worker stopped or cannot be reached" in outputs[0]
     assert "Restart every worker with the same command" in outputs[0]
     # The chief committed epoch 1 before the kill.
-    run_dir = os.path.join(cluster_run["root"], "run")
-    state = json.load(open(os.path.join(run_dir, "backup", "state.json")))
-    assert state["epoch"] == 1
+    assert phase["backup"]["epoch"] == 1
 
 
 def test_the_restart_resumes_and_the_chief_writes_one_run(cluster_run):
@@ -363,9 +373,9 @@ def test_the_restart_resumes_and_the_chief_writes_one_run(cluster_run):
     for phase_name in "ab":
         chief, other = cluster_run[phase_name]["results"]
         assert any(p.startswith(run_dir) for p in chief["replaced"])
-        # Worker 1 wrote nothing in the run folder.
-        if other is not None:
-            assert not [p for p in other["replaced"] if p.startswith(run_dir)]
+        # Worker 1 wrote nothing in the run folder (its own scratch).
+        assert other["replaced"]
+        assert not [p for p in other["replaced"] if p.startswith(run_dir)]
 
 
 def test_validation_is_scored_once_over_both_workers(cluster_run):

@@ -152,6 +152,12 @@ def fit(
     ``distribution_scope()``. The training batch is global and must be
     divisible by the number of devices; validation batches are padded to
     a multiple of it with fully ignored samples, which change no score.
+    Several workers (``TF_CONFIG``, ``KERAS_DISTRIBUTION_*``: see
+    ``cluster``): the same, on every worker, each with its shard of the
+    data (JAX: batches of its part of the global batch). ``out_dir`` must
+    be on a file system all workers share: only the chief writes it; the
+    others read the run and the backup from it and save into a scratch
+    folder of their own, deleted at the end.
 
     Args:
         model: ``SegFormer``, built.
