@@ -145,8 +145,7 @@ def _make(tmp_path, *args, fail_on="none"):
     )
     log = tmp_path / "log"
     log.touch()
-    env = dict(os.environ, FAKE_LOG=str(log), FAIL_ON=fail_on)
-    env.pop("MAKEFLAGS", None)
+    env = dict(_clean_env(), FAKE_LOG=str(log), FAIL_ON=fail_on)
     done = subprocess.run(
         ["make", "-C", ROOT, "--no-print-directory", f"VENV={venv}", *args],
         capture_output=True,
@@ -161,11 +160,21 @@ def _make(tmp_path, *args, fail_on="none"):
     return done, [(r[0], r[2]) for r in runs]
 
 
+def _clean_env():
+    """The environment without what a calling make passes on (this suite
+    runs under `make test BACKENDS=torch`, which exports BACKENDS)."""
+    names = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}
+    names |= {"BACKENDS", "PYTEST_ARGS", "TEST_JOBS", "TEST_SPLIT"}
+    names |= {"TEST_ORDER", "SPLIT_BACKENDS", "INDEPENDENT_ON", "VENV"}
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
 def _split_files():
     done = subprocess.run(
         ["make", "-C", ROOT, "-s", "--eval=show:;@echo $(TEST_SPLIT)", "show"],
         capture_output=True,
         text=True,
+        env=_clean_env(),
     )
     return done.stdout.split()
 
