@@ -136,6 +136,7 @@ BACKEND_INDEPENDENT = {
         "test_colorize_and_overlay",
         "test_save_prediction_round_trip",
         "test_save_prediction_without_legend",
+        "test_one_copy_of_names_palettes_extensions_and_label_parsing",
     },
     # Harness parsing, the chart, the RSS probe, bf16 units, the
     # transformers-only columns (GPU cell, transformers-bf16).
@@ -198,6 +199,22 @@ BACKEND_INDEPENDENT = {
         "test_mask_ids_above_255_are_an_error",
         "test_mask_exif_orientation_is_applied",
         "test_unreadable_file_is_named",
+    },
+    # The ops switch's parsing and its environment variable (fresh imports).
+    "test_ops.py": {
+        "test_parse_mode_accepts_the_documented_values_only",
+        "test_env_var_is_read_at_import_and_a_bad_value_refused",
+    },
+    # Registry entries and key parsing, docstrings: no model is built.
+    "test_convert_loader.py": {
+        "test_foreign_key_maps_share_the_canonical_parser",
+        "test_every_format_is_a_registry_entry",
+    },
+    "test_variants.py": {"test_variant_functions_are_documented"},
+    # File-list sharding (numpy and tf.data, no model).
+    "test_multiworker.py": {
+        "test_shards_split_the_files_once",
+        "test_worker_dataset_pads_a_shorter_shard_with_blank_samples",
     },
     # This marking itself (pytest runs on a sample file).
     "test_conftest_marks.py": {
