@@ -43,6 +43,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from benchmarks.cases import random_labels, smooth_images  # noqa: E402
+
 NUM_CLASSES = 150
 PARITY_SIZE = (2, 300, 417)
 TOLERANCE = 1e-4
@@ -79,70 +83,19 @@ def parse_case(name):
     }
 
 
-def smooth_images(batch, height, width, seed=0, cell=32):
-    """Bilinearly upsampled coarse noise in [0, 1): an image-like input."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    coarse = rng.random(
-        (batch, max(2, height // cell), max(2, width // cell), 3)
-    )
-    out = np.empty((batch, height, width, 3), np.float32)
-    for i in range(batch):
-        for c in range(3):
-            plane = Image.fromarray(coarse[i, ..., c].astype(np.float32))
-            plane = plane.resize((width, height), Image.BILINEAR)
-            out[i, ..., c] = np.asarray(plane)
-    return out
-
-
-def labels_for(batch, height, width, seed=0):
-    import numpy as np
-
-    rng = np.random.default_rng(seed + 1)
-    return rng.integers(0, NUM_CLASSES, (batch, height, width)).astype(np.int32)
-
-
 # ---------------------------------------------------------------------------
 # Checkpoints and parity
 
 
 def make_checkpoints(folder, variants, seed=0):
-    """Random transformers checkpoints with perturbed weights, per variant."""
-    sys.path.insert(0, ROOT)
-    import torch
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    from keras_segformer.configs import variant_config
+    """Random transformers checkpoints with perturbed weights, per variant
+    (the ones tools/parity_check.py makes)."""
+    from parity_check import _random_checkpoint
 
     for variant in variants:
         path = os.path.join(folder, f"ckpt_{variant}")
-        if os.path.exists(os.path.join(path, "config.json")):
-            continue
-        spec = variant_config(variant)
-        config = SegformerConfig(
-            num_labels=NUM_CLASSES,
-            depths=list(spec["depths"]),
-            hidden_sizes=list(spec["hidden_sizes"]),
-            num_attention_heads=list(spec["num_heads"]),
-            sr_ratios=list(spec["sr_ratios"]),
-            patch_sizes=list(spec["patch_sizes"]),
-            strides=list(spec["strides"]),
-            mlp_ratios=list(spec["mlp_ratios"]),
-            decoder_hidden_size=spec["decoder_hidden_size"],
-        )
-        torch.manual_seed(seed)
-        model = SegformerForSemanticSegmentation(config).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-            for name, buffer in model.named_buffers():
-                if name.endswith("running_mean"):
-                    buffer.copy_(0.1 * torch.randn_like(buffer))
-                elif name.endswith("running_var"):
-                    buffer.copy_(0.5 + torch.rand_like(buffer))
-        model.save_pretrained(path)
+        if not os.path.exists(os.path.join(path, "config.json")):
+            _random_checkpoint(variant, NUM_CLASSES, path, seed)
 
 
 def reference_logits(path, images):
@@ -219,7 +172,9 @@ def _prepare_ours(case, folder, dtype, extra):
         model.jit_compile = True  # PyTorch: torch.compile of the step
     images = smooth_images(case["batch"], case["height"], case["width"])
     if case["train"]:
-        labels = labels_for(case["batch"], case["height"], case["width"])
+        labels = random_labels(
+            case["batch"], case["height"], case["width"], NUM_CLASSES
+        )
         return lambda: model.train_on_batch(images, labels)
     return lambda: model.predict_on_batch(images)
 
@@ -249,7 +204,9 @@ def _prepare_transformers(case, folder, dtype, extra):
     if case["train"]:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5)
-        labels = labels_for(case["batch"], case["height"], case["width"])
+        labels = random_labels(
+            case["batch"], case["height"], case["width"], NUM_CLASSES
+        )
         targets = torch.from_numpy(labels.astype(np.int64))
 
         def step():
