@@ -294,8 +294,7 @@ def run_job(spec):
         import keras
 
         out["keras"] = keras.__version__
-    kind, name = _device_info(backend)
-    out["device"] = name
+    kind, out["device"] = _device_info(backend)
     if kind != "gpu" and not spec.get("allow_cpu"):
         raise RuntimeError(f"{spec['column']}: {backend} sees no GPU")
     if spec.get("parity"):
