@@ -351,6 +351,26 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         cli.main(["convert", "x.pth", "--out", "m.keras"])
 
 
+def test_a_lost_worker_has_its_own_exit_status(monkeypatch, capsys):
+    """Not a user error (2): 3, with the one-line message; the same
+    command again resumes."""
+    from keras_segformer.training.cluster import WorkerLostError
+
+    def lost(args):
+        raise WorkerLostError("worker 0 of 2: another worker stopped")
+
+    parser = cli.build_parser
+    monkeypatch.setattr(
+        cli, "build_parser", lambda: _with_func(parser(), "train", lost)
+    )
+    argv = ["train", "--num-classes", "2", "--images", "i", "--masks", "m"]
+    assert cli.main([*argv, "--out", "o"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "keras-segformer train: error: worker 0 of 2: another worker stopped"
+    ]
+
+
 def _with_func(parser, command, func):
     for action in parser._subparsers._group_actions:
         action.choices[command].set_defaults(func=func)

@@ -345,7 +345,7 @@ def test_a_killed_worker_stops_the_other_with_a_clear_message(cluster_run):
     phase = cluster_run["a"]
     codes, outputs = phase["codes"], phase["outputs"]
     assert codes[1] == 9, outputs[1][-3000:]  # the simulated kill
-    assert codes[0] == 2, outputs[0][-3000:]
+    assert codes[0] == 3, outputs[0][-3000:]  # WorkerLostError
     assert "another worker stopped or cannot be reached" in outputs[0]
     assert "Restart every worker with the same command" in outputs[0]
     # The chief committed epoch 1 before the kill.

@@ -9,7 +9,9 @@ prints one line ``keras-segformer COMMAND: error: ...`` naming what is
 wrong and exits with status 2; ``--debug`` (or the environment variable
 ``KERAS_SEGFORMER_DEBUG=1``) shows the full traceback instead. Any other
 exception is a bug and keeps its traceback. ``predict`` exits with status
-1 when some images of a folder could not be read (the others are written).
+1 when some images of a folder could not be read (the others are written);
+``train`` exits with status 3 when another worker of its cluster was lost
+(the same command again resumes).
 """
 
 import argparse
@@ -82,7 +84,8 @@ def main(argv=None):
 
     Returns:
         int. Exit status: 0 done, 1 some inputs skipped (``predict``), 2 a
-        user error (printed as one message).
+        user error (printed as one message), 3 a lost worker of a cluster
+        (``train``; run the same command again).
     """
     from keras_segformer.errors import data_errors
 
@@ -96,4 +99,5 @@ def main(argv=None):
         if _debug(args):
             raise
         print(f"keras-segformer {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        # 2, or the error's own status (a lost worker of a cluster: 3).
+        return getattr(e, "exit_status", 2)

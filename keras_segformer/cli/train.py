@@ -72,7 +72,9 @@ def _add_loop_arguments(p):
         help=(
             "data-parallel training on N devices of this host, or 'all' "
             "(TensorFlow: MirroredStrategy; JAX: DataParallel, also TPU "
-            "cores; not on PyTorch). Default: one device"
+            "cores; not on PyTorch). Default: one device. Several machines: "
+            "no flag, the cluster comes from TF_CONFIG, KERAS_DISTRIBUTION_* "
+            "or SLURM (see the README)"
         ),
     )
 
@@ -257,7 +259,7 @@ def run(args):
                 print(f"keras-segformer train: error: {e}", file=sys.stderr)
                 sys.stdout.flush()
                 sys.stderr.flush()
-                os._exit(2)
+                os._exit(e.exit_status)
     if args.devices is None:
         return _train(args)
     devices = None if args.devices == "all" else args.devices

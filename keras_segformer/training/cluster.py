@@ -322,7 +322,11 @@ def joined():
 
 
 class WorkerLostError(ConnectionError):
-    """A worker of the cluster stopped or cannot be reached."""
+    """A worker of the cluster stopped or cannot be reached: not the
+    user's error, and the same command again resumes, so the command line
+    exits with its own status (``exit_status``, 3) rather than 2."""
+
+    exit_status = 3
 
 
 # What the engines raise when a peer is gone: TensorFlow's collectives
