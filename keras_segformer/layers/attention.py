@@ -7,10 +7,11 @@ from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.layer_norm import LayerNorm
 from keras_segformer.ops import nn
 from keras_segformer.ops.attention import attention
+from keras_segformer.ops.layer_call import DirectCall, Dropout
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class EfficientSelfAttention(keras.layers.Layer):
+class EfficientSelfAttention(DirectCall, keras.layers.Layer):
     """Multi-head self-attention whose keys/values come from a spatially
     reduced copy of the input (PVT / SegFormer "efficient self-attention").
 
@@ -78,9 +79,7 @@ class EfficientSelfAttention(keras.layers.Layer):
                 dtype=self.dtype_policy,
                 name="sr_norm",
             )
-        self.dropout = keras.layers.Dropout(
-            attention_dropout, dtype=self.dtype_policy
-        )
+        self.dropout = Dropout(attention_dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         for layer in (self.query, self.key, self.value, self.output_dense):
