@@ -94,7 +94,7 @@ class EfficientSelfAttention(DirectCall, keras.layers.Layer):
         heads, head_dim = self.num_heads, self.head_dim
 
         def split_heads(t):
-            return ops.reshape(t, (batch, -1, heads, head_dim))
+            return nn.reshape(t, (batch, -1, heads, head_dim))
 
         q = split_heads(nn.dense(self.query, x))
         kv = x
@@ -112,7 +112,7 @@ class EfficientSelfAttention(DirectCall, keras.layers.Layer):
             out = ops.einsum("bhqk,bkhd->bqhd", probs, v)
         else:
             out = attention(q, k, v, training=bool(training))
-        out = ops.reshape(out, (batch, height, width, self.hidden_size))
+        out = nn.reshape(out, (batch, height, width, self.hidden_size))
         return nn.dense(self.output_dense, out)
 
     def compute_output_shape(self, input_shape):

@@ -22,6 +22,7 @@ from keras import ops
 
 from keras_segformer.ops import attention as attention_ops
 from keras_segformer.ops import losses, nn
+from keras_segformer.ops import resize as resize_ops
 
 _DTYPES = {
     "float16": torch.float16,
@@ -111,6 +112,32 @@ def layer_norm(layer, x):
     beta = None if layer.beta is None else layer.beta.value.to(y.dtype)
     y = F.layer_norm(y, (y.shape[-1],), gamma, beta, layer.epsilon)
     return _cast(y.to(dtype), layer.compute_dtype)
+
+
+@nn.reshape.register("torch", "cpu")
+def reshape(x, shape):
+    return torch.reshape(x, tuple(shape))
+
+
+@resize_ops.resize_bilinear.register("torch", "cpu")
+def resize_bilinear(x, size):
+    """Keras' PyTorch ``image.resize`` (bilinear, no antialiasing) on a
+    channels-last batch: ``F.interpolate`` in float32 or float64."""
+    static = resize_ops.static_size(size)
+    if not isinstance(x, torch.Tensor):
+        x = ops.convert_to_tensor(x)
+    if static is None or not x.is_floating_point():
+        return resize_ops.resize_bilinear.generic(x, size)
+    dtype = x.dtype
+    y = x if dtype in (torch.float32, torch.float64) else x.float()
+    y = F.interpolate(
+        y.permute(0, 3, 1, 2),
+        size=static,
+        mode="bilinear",
+        align_corners=False,
+        antialias=False,
+    ).permute(0, 2, 3, 1)
+    return y.to(dtype)
 
 
 @attention_ops.attention.register("torch", "cpu")
