@@ -320,6 +320,14 @@ def test_attention(training, heads):
     )
 
 
+def test_reshape():
+    _assert_close(
+        *_both(
+            nn.reshape, lambda f, x: f(x, (2, -1, 3, 4)), [_randn(2, 5, 6, 12)]
+        )
+    )
+
+
 @pytest.mark.parametrize("size", [(29, 35), (4, 5), (7, 23)])
 def test_resize_bilinear(size):
     _assert_close(

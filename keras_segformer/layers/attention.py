@@ -7,10 +7,11 @@ from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.layer_norm import LayerNorm
 from keras_segformer.ops import nn
 from keras_segformer.ops.attention import attention
+from keras_segformer.ops.layer_call import DirectCall, Dropout
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class EfficientSelfAttention(keras.layers.Layer):
+class EfficientSelfAttention(DirectCall, keras.layers.Layer):
     """Multi-head self-attention whose keys/values come from a spatially
     reduced copy of the input (PVT / SegFormer "efficient self-attention").
 
@@ -78,9 +79,7 @@ class EfficientSelfAttention(keras.layers.Layer):
                 dtype=self.dtype_policy,
                 name="sr_norm",
             )
-        self.dropout = keras.layers.Dropout(
-            attention_dropout, dtype=self.dtype_policy
-        )
+        self.dropout = Dropout(attention_dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         for layer in (self.query, self.key, self.value, self.output_dense):
@@ -95,7 +94,7 @@ class EfficientSelfAttention(keras.layers.Layer):
         heads, head_dim = self.num_heads, self.head_dim
 
         def split_heads(t):
-            return ops.reshape(t, (batch, -1, heads, head_dim))
+            return nn.reshape(t, (batch, -1, heads, head_dim))
 
         q = split_heads(nn.dense(self.query, x))
         kv = x
@@ -113,7 +112,7 @@ class EfficientSelfAttention(keras.layers.Layer):
             out = ops.einsum("bhqk,bkhd->bqhd", probs, v)
         else:
             out = attention(q, k, v, training=bool(training))
-        out = ops.reshape(out, (batch, height, width, self.hidden_size))
+        out = nn.reshape(out, (batch, height, width, self.hidden_size))
         return nn.dense(self.output_dense, out)
 
     def compute_output_shape(self, input_shape):

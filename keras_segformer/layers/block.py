@@ -6,10 +6,11 @@ from keras_segformer.layers.attention import EfficientSelfAttention
 from keras_segformer.layers.drop_path import DropPath
 from keras_segformer.layers.layer_norm import LayerNorm
 from keras_segformer.layers.mix_ffn import MixFFN
+from keras_segformer.ops.layer_call import DirectCall, Dropout
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class MiTBlock(keras.layers.Layer):
+class MiTBlock(DirectCall, keras.layers.Layer):
     """``x + DropPath(Attn(LN(x)))`` then ``x + DropPath(MixFFN(LN(x)))``.
 
     Args:
@@ -57,9 +58,7 @@ class MiTBlock(keras.layers.Layer):
             dtype=policy,
             name="attention",
         )
-        self.attention_output_dropout = keras.layers.Dropout(
-            dropout, dtype=policy
-        )
+        self.attention_output_dropout = Dropout(dropout, dtype=policy)
         self.norm2 = LayerNorm(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm2"
         )

@@ -6,11 +6,16 @@ from keras import ops
 from keras_segformer.configs import check_positive_int, check_rate
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.ops import nn
+from keras_segformer.ops.layer_call import (
+    BatchNormalization,
+    DirectCall,
+    Dropout,
+)
 from keras_segformer.ops.resize import resize_bilinear
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class SegFormerHead(keras.layers.Layer):
+class SegFormerHead(DirectCall, keras.layers.Layer):
     """The all-MLP decoder: unify, upsample, fuse, classify.
 
     Each feature map ``c_i`` is projected to ``decoder_hidden_size`` channels
@@ -63,10 +68,10 @@ class SegFormerHead(keras.layers.Layer):
             name="linear_fuse",
         )
         # PyTorch BatchNorm2d: eps 1e-5, momentum 0.1 (= Keras momentum 0.9).
-        self.batch_norm = keras.layers.BatchNormalization(
+        self.batch_norm = BatchNormalization(
             momentum=0.9, epsilon=1e-5, dtype=policy, name="batch_norm"
         )
-        self.dropout = keras.layers.Dropout(dropout, dtype=policy)
+        self.dropout = Dropout(dropout, dtype=policy)
         # float32 logits under mixed precision.
         self.classifier = keras.layers.Dense(
             num_classes,

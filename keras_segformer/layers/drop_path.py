@@ -3,9 +3,11 @@
 import keras
 from keras import ops
 
+from keras_segformer.ops.layer_call import DirectCall
+
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class DropPath(keras.layers.Layer):
+class DropPath(DirectCall, keras.layers.Layer):
     """Drop the whole residual branch of a sample with probability ``rate``.
 
     Identity at inference. During training kept samples are scaled by

@@ -3,6 +3,7 @@
 import keras
 
 from keras_segformer.ops.checks import assert_image_size
+from keras_segformer.ops.layer_call import DirectCall
 
 
 def check_image_shape(shape, min_size, channels=None):
@@ -99,7 +100,7 @@ class ImageInputChecks:
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class InputCheck(keras.layers.Layer):
+class InputCheck(DirectCall, keras.layers.Layer):
     """Identity that rejects batches the network cannot run.
 
     Without it a too-small image fails deep inside a strided convolution

@@ -4,10 +4,11 @@ import keras
 
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.ops import nn
+from keras_segformer.ops.layer_call import DirectCall, Dropout
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class MixFFN(keras.layers.Layer):
+class MixFFN(DirectCall, keras.layers.Layer):
     """Feed-forward block with a 3x3 depthwise convolution between the two
     projections; the convolution leaks position information, so SegFormer
     needs no positional encoding.
@@ -43,7 +44,7 @@ class MixFFN(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="dense2",
         )
-        self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.dropout = Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.dense1.build(input_shape)

@@ -5,18 +5,19 @@ from keras import ops
 
 from keras_segformer.configs import check_positive_int, check_rate
 from keras_segformer.layers.init import kernel_init
+from keras_segformer.ops.layer_call import BatchNormalization, DirectCall
 from keras_segformer.ops.resize import resize_bilinear
 
 
 def _batch_norm(name, policy):
     # PyTorch BatchNorm2d: eps 1e-5, momentum 0.1 (= Keras momentum 0.9).
-    return keras.layers.BatchNormalization(
+    return BatchNormalization(
         momentum=0.9, epsilon=1e-5, dtype=policy, name=name
     )
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class MMSegSegFormerHead(keras.layers.Layer):
+class MMSegSegFormerHead(DirectCall, keras.layers.Layer):
     """mmsegmentation's SegFormer head: conv-BN-ReLU per scale, then fuse.
 
     Unlike the all-MLP head of the paper and transformers

@@ -5,10 +5,11 @@ import keras
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.layer_norm import LayerNorm
 from keras_segformer.ops import nn
+from keras_segformer.ops.layer_call import DirectCall
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class OverlappingPatchEmbedding(keras.layers.Layer):
+class OverlappingPatchEmbedding(DirectCall, keras.layers.Layer):
     """Embed overlapping patches: pad ``k // 2`` on every side, ``k x k``
     convolution with stride ``s``, then LayerNorm.
 

@@ -3,12 +3,14 @@
 import keras
 from keras import ops
 
+from keras_segformer.ops.layer_call import DirectCall
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class ImageNormalization(keras.layers.Layer):
+class ImageNormalization(DirectCall, keras.layers.Layer):
     """``(x * scale - mean) / std`` per channel.
 
     With the defaults it turns 0-255 RGB into the ImageNet-normalized

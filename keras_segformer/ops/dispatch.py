@@ -127,6 +127,23 @@ def _load_backend(backend):
             raise
 
 
+class _Table(dict):
+    """``(backend, device kind) -> fn``; a change clears the looked-up
+    functions of the op it belongs to."""
+
+    def __init__(self, resolved):
+        super().__init__()
+        self._resolved = resolved
+
+    def __setitem__(self, key, fn):
+        super().__setitem__(key, fn)
+        self._resolved.clear()
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self._resolved.clear()
+
+
 class Op:
     """A generic version and the fast versions registered for it."""
 
@@ -134,8 +151,11 @@ class Op:
         self.name = generic.__name__
         self.generic = generic
         self.__doc__ = generic.__doc__
-        self._fast = {}
-        self._always = {}
+        # mode -> the function a call runs (current backend and device),
+        # looked up on the first call in that mode.
+        self._resolved = {}
+        self._fast = _Table(self._resolved)
+        self._always = _Table(self._resolved)
 
     def register(self, backend, *device_kinds, always=False):
         """Decorator: ``fn`` runs this op on ``backend`` for each of
@@ -168,7 +188,12 @@ class Op:
         return fn or self.generic
 
     def __call__(self, *args, **kwargs):
-        return self.implementation()(*args, **kwargs)
+        # A plain dict lookup per call: looked up once per mode, so that
+        # torch.compile sees a constant function, not the lookup.
+        fn = self._resolved.get(_mode)
+        if fn is None:
+            fn = self._resolved[_mode] = self.implementation()
+        return fn(*args, **kwargs)
 
     def __repr__(self):
         return f"<op {self.name}>"

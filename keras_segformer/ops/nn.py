@@ -1,4 +1,5 @@
-"""Projections, convolutions, GELU and layer norm: the generic versions.
+"""Projections, convolutions, GELU, layer norm and reshape: the generic
+versions.
 
 Each takes the Keras layer whose variables it uses (checkpoints, variable
 paths and weight loading do not change) and computes what calling that
@@ -53,3 +54,10 @@ def layer_norm(layer, x):
     """What ``keras.layers.LayerNormalization.call`` computes for
     ``layer`` (a subclass whose ``call`` dispatches here)."""
     return keras.layers.LayerNormalization.call(layer, x)
+
+
+@op
+def reshape(x, shape):
+    """``ops.reshape(x, shape)`` (a PyTorch fast version skips its
+    per-call argument checks)."""
+    return ops.reshape(x, shape)
