@@ -35,11 +35,15 @@ import contextlib
 import os
 
 import keras
-from keras.src import backend
-from keras.src.backend.common import global_state
-from keras.src.backend.common.keras_tensor import KerasTensor
-from keras.src.backend.common.variables import AutocastScope
-from keras.src.distribution import distribution_lib
+
+try:  # Keras internals (3.8+); without them every call goes through Keras
+    from keras.src import backend
+    from keras.src.backend.common import global_state
+    from keras.src.backend.common.keras_tensor import KerasTensor
+    from keras.src.backend.common.variables import AutocastScope
+    from keras.src.distribution import distribution_lib
+except ImportError:  # pragma: no cover (a Keras that moved them)
+    backend = None
 
 ENV_VAR = "KERAS_SEGFORMER_DIRECT_CALL"
 
@@ -162,11 +166,12 @@ def _resolve_training(layer, kwargs):
 def _can_call_directly(layer, kwargs):
     return (
         _enabled
+        and backend is not None
         and layer.built
         and (not kwargs or kwargs.keys() == {"training"})
         and layer.activity_regularizer is None
-        and not layer._remat_mode
-        and layer.quantization_mode is None
+        and not getattr(layer, "_remat_mode", None)
+        and getattr(layer, "quantization_mode", None) is None
         and distribution_lib.distribution() is None
     )
 
