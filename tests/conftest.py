@@ -221,6 +221,7 @@ BACKEND_INDEPENDENT = {
     "test_conftest_marks.py": {
         "test_listed_tests_are_marked_and_deselected",
         "test_a_listed_name_that_is_gone_stops_the_run",
+        "test_run_once_tests_run_on_one_backend_only",
         "test_audit_fails_a_listed_test_that_calls_the_backend",
         "test_objects_from_before_the_tests_are_frozen",
         # The Makefile's schedule (make with a stand-in python).
@@ -231,25 +232,68 @@ BACKEND_INDEPENDENT = {
 }
 
 
+# -- backend-agnostic logic, run once -----------------------------------------
+# Tests whose subject is our own backend-agnostic logic (the run folder's
+# bookkeeping and refusals, the demo command, initialising from a
+# transformers folder) but that need a Keras model to get there. They run
+# on ONCE_ON only, the backend whose training step compiles nothing, and
+# are deselected on the others (KERAS_SEGFORMER_TEST_ALL=1 runs them
+# everywhere). The Keras paths they pass through (fit, save, load, resume
+# after a kill, the train and evaluate commands) are tested on every
+# backend by test_train_resume's kill tests, test_train_cli,
+# test_keras_way and test_journey.
+ONCE_ON = "torch"
+RUN_ONCE = {
+    "test_train_resume.py": {
+        "test_log_has_one_row_per_epoch_when_killed_before_the_backup",
+        "test_fit_refuses_another_model_and_names_the_run",
+        "test_fit_on_a_finished_run_loads_it_and_trains_nothing",
+        "test_files_without_a_run_record_are_refused_and_overwritten",
+        "test_command_on_a_finished_run_does_nothing",
+        "test_command_names_the_setting_that_differs",
+        "test_command_continues_with_more_epochs_and_overwrites",
+    },
+    "test_train_cli.py": {
+        "test_train_init_from_a_transformers_directory",
+        "test_demo_command_end_to_end",
+    },
+}
+
+
+def _listed(item, table, label, checked):
+    """Whether ``item`` is listed in ``table`` (a name that is gone stops
+    the run)."""
+    names = table.get(item.path.name)
+    if not names:
+        return False
+    if (label, item.path.name) not in checked:
+        checked.add((label, item.path.name))
+        missing = sorted(n for n in names if not hasattr(item.module, n))
+        if missing:
+            raise pytest.UsageError(
+                f"tests/conftest.py {label} lists {', '.join(missing)} for "
+                f"{item.path.name}, which defines no such test"
+            )
+    return getattr(item, "originalname", item.name) in names
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Mark the listed tests (before `-m` selects on the marker)."""
-    checked = set()
+    """Mark the listed tests (before `-m` selects on the marker); deselect
+    the run-once tests on the other backends."""
+    checked, kept, dropped = set(), [], []
+    everywhere = os.environ.get("KERAS_SEGFORMER_TEST_ALL") == "1"
     for item in items:
-        names = BACKEND_INDEPENDENT.get(item.path.name)
-        if not names:
-            continue
-        if item.path.name not in checked:
-            checked.add(item.path.name)
-            missing = sorted(n for n in names if not hasattr(item.module, n))
-            if missing:
-                raise pytest.UsageError(
-                    f"tests/conftest.py BACKEND_INDEPENDENT lists "
-                    f"{', '.join(missing)} for {item.path.name}, which "
-                    f"defines no such test"
-                )
-        if getattr(item, "originalname", item.name) in names:
+        if _listed(item, BACKEND_INDEPENDENT, "BACKEND_INDEPENDENT", checked):
             item.add_marker(pytest.mark.backend_independent)
+        once = _listed(item, RUN_ONCE, "RUN_ONCE", checked)
+        if once and BACKEND != ONCE_ON and not everywhere:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_addoption(parser):

@@ -43,6 +43,8 @@ project = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(project)
 project.BACKEND_INDEPENDENT.clear()
 project.BACKEND_INDEPENDENT["test_sample.py"] = {names!r}
+project.RUN_ONCE.clear()
+project.RUN_ONCE.update({once!r})
 pytest_collection_modifyitems = project.pytest_collection_modifyitems
 pytest_addoption = project.pytest_addoption
 pytest_runtest_setup = project.pytest_runtest_setup
@@ -50,10 +52,11 @@ pytest_runtest_call = project.pytest_runtest_call
 """
 
 
-def _pytest(tmp_path, names, *args):
+def _pytest(tmp_path, names, *args, once=(), env=None):
     (tmp_path / "test_sample.py").write_text(SAMPLE)
+    once = {"test_sample.py": set(once)} if once else {}
     (tmp_path / "conftest.py").write_text(
-        SAMPLE_CONFTEST.format(path=CONFTEST, names=set(names))
+        SAMPLE_CONFTEST.format(path=CONFTEST, names=set(names), once=once)
     )
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nmarkers =\n    backend_independent: sample\n"
@@ -64,7 +67,7 @@ def _pytest(tmp_path, names, *args):
         capture_output=True,
         text=True,
         # The numpy backend imports fastest; the audit covers every backend.
-        env={**os.environ, "KERAS_BACKEND": "numpy"},
+        env={**os.environ, "KERAS_BACKEND": "numpy", **(env or {})},
     )
 
 
@@ -76,6 +79,19 @@ def test_listed_tests_are_marked_and_deselected(tmp_path):
     out = _pytest(tmp_path, names, "-q", "-m", "backend_independent")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "3 passed, 1 deselected" in out.stdout
+
+
+def test_run_once_tests_run_on_one_backend_only(tmp_path):
+    # The sample runs on the numpy backend, not ONCE_ON (torch).
+    out = _pytest(tmp_path, (), "-q", once={"test_keras_op", "test_param"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed, 3 deselected" in out.stdout
+    everywhere = {"KERAS_SEGFORMER_TEST_ALL": "1"}
+    out = _pytest(tmp_path, (), "-q", once={"test_param"}, env=everywhere)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 passed" in out.stdout and "deselected" not in out.stdout
+    out = _pytest(tmp_path, (), "-q", once={"test_numpy", "test_gone"})
+    assert out.returncode == 4 and "RUN_ONCE lists test_gone" in out.stderr
 
 
 def test_a_listed_name_that_is_gone_stops_the_run(tmp_path):
