@@ -7,6 +7,7 @@ from keras_segformer.configs import check_positive_int, check_rate
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.ops import nn
 from keras_segformer.ops.resize import resize_bilinear
+from keras_segformer.serializable import attribute_config
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -123,10 +124,6 @@ class SegFormerHead(keras.layers.Layer):
         return tuple(input_shape[0][:-1]) + (self.num_classes,)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "num_classes": self.num_classes,
-            "decoder_hidden_size": self.decoder_hidden_size,
-            "dropout": self.dropout_rate,
-            "num_inputs": self.num_inputs,
-        }
+        names = ("num_classes", "decoder_hidden_size", "num_inputs")
+        config = attribute_config(self, names, dropout="dropout_rate")
+        return {**super().get_config(), **config}
