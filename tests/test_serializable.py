@@ -1,4 +1,8 @@
-"""get_config entries read by ``attribute_config``: the same keys as ever."""
+"""What saved files depend on: get_config keys (read by
+``attribute_config``) and the decode heads' weight paths, order and
+signature (shared through ``BaseDecodeHead``)."""
+
+import inspect
 
 import keras
 import pytest
@@ -132,3 +136,55 @@ def test_schedule_config_is_exactly_its_arguments():
         ).get_config()
         == config
     )
+
+
+_HEAD_WEIGHTS = {
+    "SegFormerHead": [
+        ("linear_c1/kernel", (4, 8)),
+        ("linear_c1/bias", (8,)),
+        ("linear_c2/kernel", (6, 8)),
+        ("linear_c2/bias", (8,)),
+        ("linear_fuse/kernel", (16, 8)),
+        ("batch_norm/gamma", (8,)),
+        ("batch_norm/beta", (8,)),
+        ("batch_norm/moving_mean", (8,)),
+        ("batch_norm/moving_variance", (8,)),
+        ("classifier/kernel", (8, 5)),
+        ("classifier/bias", (5,)),
+    ],
+    "MMSegSegFormerHead": [
+        ("conv1/kernel", (4, 8)),
+        ("conv2/kernel", (6, 8)),
+        *[
+            (f"conv{i}_bn/{name}", (8,))
+            for i in (1, 2)
+            for name in ("gamma", "beta", "moving_mean", "moving_variance")
+        ],
+        ("fusion_conv/kernel", (16, 8)),
+        ("fusion_bn/gamma", (8,)),
+        ("fusion_bn/beta", (8,)),
+        ("fusion_bn/moving_mean", (8,)),
+        ("fusion_bn/moving_variance", (8,)),
+        ("classifier/kernel", (8, 5)),
+        ("classifier/bias", (5,)),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_HEAD_WEIGHTS))
+def test_decode_heads_keep_weight_paths_order_and_signature(name):
+    cls = getattr(layers, name)
+    head = cls(5, 8, num_inputs=2, name="decode_head")
+    head.build([(1, 8, 8, 4), (1, 4, 4, 6)])
+    got = [(w.path, tuple(w.shape)) for w in head.weights]
+    assert got == [("decode_head/" + p, s) for p, s in _HEAD_WEIGHTS[name]]
+    assert head.classifier.dtype_policy.name == "float32"
+    assert list(inspect.signature(cls).parameters) == [
+        "num_classes",
+        "decoder_hidden_size",
+        "dropout",
+        "num_inputs",
+        "kwargs",
+    ]
+    with pytest.raises(ValueError, match=f"{name} expects 2 feature maps"):
+        cls(5, 8, num_inputs=2).build([(1, 8, 8, 4)])
