@@ -190,6 +190,7 @@ BACKEND_INDEPENDENT = {
         "test_debug_shows_the_traceback",
         "test_a_bug_keeps_its_traceback",
         "test_labels_json_of_the_wrong_type",
+        "test_model_commands_share_the_model_arguments",
     },
     # The one image decoder: 16-bit and EXIF images, masks, unreadable
     # files (PIL and tf.data, no model).
