@@ -433,3 +433,17 @@ def test_keras_file_with_lambda_code_is_refused(tmp_path, capsys):
     assert status == 2
     assert "Lambda" in _short_error(err.splitlines(), path)
     assert not (tmp_path / "out" / "a_mask.png").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "predict"])
+def test_model_commands_share_the_model_arguments(command, capsys):
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    actions = {a.dest: a for a in sub._actions}
+    assert actions["model"].required
+    assert "a .weights.h5 file" in actions["model"].help
+    assert actions["num_classes"].type is int
+    assert not actions["variant"].required
+    with pytest.raises(SystemExit):
+        parser.parse_args([command])
+    assert "--model" in capsys.readouterr().err

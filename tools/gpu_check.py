@@ -546,7 +546,7 @@ def report(results, columns, cases, info):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def _parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="gpu_check_out")
     parser.add_argument("--cases", default=",".join(INFER_CASES + TRAIN_CASES))
@@ -570,33 +570,24 @@ def main(argv=None):
     )
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.job:
-        return run_job(json.loads(args.job))
-    if args.prepare:
-        folder, variants = args.prepare.split(":")
-        make_checkpoints(folder, variants.split(","))
-        return 0
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    columns = [c.strip() for c in args.columns.split(",") if c.strip()]
-    unknown = [c for c in columns if c not in COLUMNS]
-    if unknown:
-        parser.error(f"--columns: unknown {unknown}; expected {list(COLUMNS)}")
-    for case in cases:
-        parse_case(case)
-    out = os.path.abspath(args.out)
+    return parser
+
+
+def _fresh_out(out):
+    """Make ``out``'s folders; empty the sync and log folders of an earlier
+    run. Returns the checkpoint and sync folders."""
     folder, sync = os.path.join(out, "checkpoints"), os.path.join(out, "sync")
     os.makedirs(folder, exist_ok=True)
     for stale in (sync, os.path.join(out, "logs")):
         os.makedirs(stale, exist_ok=True)
         for name in os.listdir(stale):
             os.remove(os.path.join(stale, name))
-    start = time.time()
-    info = machine_info()
-    print(
-        f"gpu_check: {info['gpu']}; {len(columns)} columns, {len(cases)} cases",
-        flush=True,
-    )
+    return folder, sync
+
+
+def _prepare_checkpoints(folder, cases):
+    """Write the cases' random checkpoints in a CPU-only PyTorch process
+    (``--prepare``), so no GPU memory is taken before the jobs start."""
     variants = sorted({parse_case(c)["variant"] for c in cases})
     subprocess.run(
         [
@@ -615,6 +606,33 @@ def main(argv=None):
             "KERAS_BACKEND": "torch",
         },
     )
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.job:
+        return run_job(json.loads(args.job))
+    if args.prepare:
+        folder, variants = args.prepare.split(":")
+        make_checkpoints(folder, variants.split(","))
+        return 0
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        parser.error(f"--columns: unknown {unknown}; expected {list(COLUMNS)}")
+    for case in cases:
+        parse_case(case)
+    out = os.path.abspath(args.out)
+    folder, sync = _fresh_out(out)
+    start = time.time()
+    info = machine_info()
+    print(
+        f"gpu_check: {info['gpu']}; {len(columns)} columns, {len(cases)} cases",
+        flush=True,
+    )
+    _prepare_checkpoints(folder, cases)
     jobs = plan(columns, cases, folder, sync, args.allow_cpu)
     results = run_all(
         jobs, out, args.deadline - (time.time() - start), args.timing_reserve

@@ -11,9 +11,15 @@ def load_any_model(path, *, variant=None, num_classes=None):
     return load_model(path, variant=variant, num_classes=num_classes)
 
 
-def add_weights_file_arguments(parser):
-    """``--variant`` and ``--num-classes``: what a ``.weights.h5``
-    ``--model`` needs (``load_any_model``)."""
+def add_model_arguments(parser):
+    """``--model`` (what ``load_any_model`` reads), and ``--variant`` and
+    ``--num-classes``, which a ``.weights.h5`` ``--model`` needs."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a .keras file, a transformers save_pretrained directory, or "
+        "a .weights.h5 file (with --variant and --num-classes)",
+    )
     parser.add_argument(
         "--variant", help="b0 ... b5, for a .weights.h5 --model"
     )

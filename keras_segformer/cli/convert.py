@@ -24,11 +24,7 @@ def _int_list(text):
 
 
 def add_parser(subparsers):
-    """Register ``convert`` on the ``keras-segformer`` parser.
-
-    Args:
-        subparsers: the ``argparse`` sub-parsers action of the main parser.
-    """
+    """Register ``convert`` (see ``keras_segformer.cli``)."""
     p = subparsers.add_parser(
         "convert",
         help="convert a transformers / NVlabs / mmseg checkpoint to Keras",

@@ -1,6 +1,6 @@
 """``keras-segformer evaluate``: mIoU, mAcc, aAcc and per-class IoU."""
 
-from keras_segformer.cli.common import add_weights_file_arguments
+from keras_segformer.cli.common import add_model_arguments
 
 
 def add_parser(subparsers):
@@ -8,8 +8,7 @@ def add_parser(subparsers):
         "evaluate",
         help="score a model on image/mask folders (mIoU, mAcc, aAcc)",
     )
-    p.add_argument("--model", required=True, help=".keras / HF dir / weights")
-    add_weights_file_arguments(p)
+    add_model_arguments(p)
     p.add_argument("--images", required=True)
     p.add_argument("--masks", required=True)
     p.add_argument("--reduce-labels", action="store_true")

@@ -8,16 +8,12 @@ Example:
         --quantize int8 --calibration val_images/
 """
 
-from keras_segformer.cli.common import add_weights_file_arguments
+from keras_segformer.cli.common import add_model_arguments
 from keras_segformer.export.api import FORMATS, QUANTIZATIONS
 
 
 def add_parser(subparsers):
-    """Register the ``export`` sub-command.
-
-    Args:
-        subparsers: the ``argparse`` sub-parsers action of the main parser.
-    """
+    """Register ``export`` (see ``keras_segformer.cli``)."""
     parser = subparsers.add_parser(
         "export",
         help="export a model to SavedModel, TFLite or ONNX",
@@ -29,12 +25,7 @@ def add_parser(subparsers):
             "them. Written from a TensorFlow graph on every Keras backend."
         ),
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="a .keras file, a transformers save_pretrained directory, or "
-        "a .weights.h5 file (with --variant and --num-classes)",
-    )
+    add_model_arguments(parser)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument(
         "--out",
@@ -72,7 +63,6 @@ def add_parser(subparsers):
         help="int8 calibration images (a folder); default: built-in "
         "synthetic images",
     )
-    add_weights_file_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 

@@ -19,18 +19,14 @@ import tempfile
 
 import numpy as np
 
-from keras_segformer.cli.common import add_weights_file_arguments
+from keras_segformer.cli.common import add_model_arguments
 from keras_segformer.decode import IMAGE_EXTENSIONS
 
 PALETTES = ("auto", "ade20k", "cityscapes")
 
 
 def add_parser(subparsers):
-    """Register the ``predict`` sub-command.
-
-    Args:
-        subparsers: the ``argparse`` sub-parsers action of the main parser.
-    """
+    """Register ``predict`` (see ``keras_segformer.cli``)."""
     parser = subparsers.add_parser(
         "predict",
         help="segment images and write masks and overlays",
@@ -40,12 +36,7 @@ def add_parser(subparsers):
             "and a legend) per image."
         ),
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="a .keras file, a transformers save_pretrained directory, or "
-        "a .weights.h5 file (with --variant and --num-classes)",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--input", required=True, help="an image file or a folder of images"
     )
@@ -81,7 +72,6 @@ def add_parser(subparsers):
         "classes are those, else distinct generated colours",
     )
     parser.add_argument("--batch-size", type=int, default=4)
-    add_weights_file_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 

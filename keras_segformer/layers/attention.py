@@ -8,6 +8,7 @@ from keras_segformer.layers.layer_norm import LayerNorm
 from keras_segformer.ops import nn
 from keras_segformer.ops.attention import attention
 from keras_segformer.ops.layer_call import DirectCall, Dropout
+from keras_segformer.serializable import attribute_config
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -29,6 +30,16 @@ class EfficientSelfAttention(DirectCall, keras.layers.Layer):
         attention_dropout: float. Dropout on attention probabilities.
         layer_norm_epsilon: float. Epsilon of the reduction LayerNorm.
     """
+
+    # The constructor's arguments, read back by ``get_config`` (``MiTBlock``
+    # passes the same ones through).
+    CONFIG_NAMES = (
+        "hidden_size",
+        "num_heads",
+        "sr_ratio",
+        "attention_dropout",
+        "layer_norm_epsilon",
+    )
 
     def __init__(
         self,
@@ -119,11 +130,5 @@ class EfficientSelfAttention(DirectCall, keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "hidden_size": self.hidden_size,
-            "num_heads": self.num_heads,
-            "sr_ratio": self.sr_ratio,
-            "attention_dropout": self.attention_dropout,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-        }
+        config = attribute_config(self, self.CONFIG_NAMES)
+        return {**super().get_config(), **config}

@@ -7,6 +7,7 @@ from keras_segformer.layers.drop_path import DropPath
 from keras_segformer.layers.layer_norm import LayerNorm
 from keras_segformer.layers.mix_ffn import MixFFN
 from keras_segformer.ops.layer_call import DirectCall, Dropout
+from keras_segformer.serializable import attribute_config
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -92,14 +93,9 @@ class MiTBlock(DirectCall, keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "hidden_size": self.hidden_size,
-            "num_heads": self.num_heads,
-            "sr_ratio": self.sr_ratio,
-            "mlp_ratio": self.mlp_ratio,
-            "drop_path": self.drop_path_rate,
-            "dropout": self.dropout_rate,
-            "attention_dropout": self.attention_dropout,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-        }
+        # The attention's arguments (passed through) and the block's own.
+        names = EfficientSelfAttention.CONFIG_NAMES + ("mlp_ratio",)
+        config = attribute_config(
+            self, names, drop_path="drop_path_rate", dropout="dropout_rate"
+        )
+        return {**super().get_config(), **config}

@@ -5,6 +5,7 @@ import keras
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.ops import nn
 from keras_segformer.ops.layer_call import DirectCall, Dropout
+from keras_segformer.serializable import attribute_config
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -64,9 +65,6 @@ class MixFFN(DirectCall, keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "dropout": self.dropout_rate,
-        }
+        names = ("hidden_size", "intermediate_size")
+        config = attribute_config(self, names, dropout="dropout_rate")
+        return {**super().get_config(), **config}

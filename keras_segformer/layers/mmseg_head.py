@@ -3,21 +3,11 @@
 import keras
 from keras import ops
 
-from keras_segformer.configs import check_positive_int, check_rate
-from keras_segformer.layers.init import kernel_init
-from keras_segformer.ops.layer_call import BatchNormalization, DirectCall
-from keras_segformer.ops.resize import resize_bilinear
-
-
-def _batch_norm(name, policy):
-    # PyTorch BatchNorm2d: eps 1e-5, momentum 0.1 (= Keras momentum 0.9).
-    return BatchNormalization(
-        momentum=0.9, epsilon=1e-5, dtype=policy, name=name
-    )
+from keras_segformer.layers.base_head import BaseDecodeHead, batch_norm
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class MMSegSegFormerHead(DirectCall, keras.layers.Layer):
+class MMSegSegFormerHead(BaseDecodeHead):
     """mmsegmentation's SegFormer head: conv-BN-ReLU per scale, then fuse.
 
     Unlike the all-MLP head of the paper and transformers
@@ -41,63 +31,24 @@ class MMSegSegFormerHead(DirectCall, keras.layers.Layer):
     >>> model = keras_segformer.build_segformer(19, "b0", head="mmseg")
     """
 
-    def __init__(
-        self,
-        num_classes,
-        decoder_hidden_size=256,
-        dropout=0.1,
-        num_inputs=4,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        num_classes = check_positive_int(num_classes, "num_classes")
-        decoder_hidden_size = check_positive_int(
-            decoder_hidden_size, "decoder_hidden_size"
-        )
-        dropout = check_rate(dropout, "dropout")
-        self.num_classes = num_classes
-        self.decoder_hidden_size = decoder_hidden_size
-        self.dropout_rate = dropout
-        self.num_inputs = num_inputs
+    def _create_layers(self):
         policy = self.dtype_policy
-        # A 1x1 convolution is a per-pixel Dense; Dense skips the conv setup.
-        self.convs = [
-            keras.layers.Dense(
-                decoder_hidden_size,
-                use_bias=False,
-                kernel_initializer=kernel_init(),
-                dtype=policy,
-                name=f"conv{i + 1}",
-            )
-            for i in range(num_inputs)
-        ]
-        self.conv_norms = [
-            _batch_norm(f"conv{i + 1}_bn", policy) for i in range(num_inputs)
-        ]
-        self.fusion_conv = keras.layers.Dense(
-            decoder_hidden_size,
-            use_bias=False,
-            kernel_initializer=kernel_init(),
-            dtype=policy,
-            name="fusion_conv",
+        self.convs = self._per_input(
+            lambda name: self._dense(name, use_bias=False), "conv{}"
         )
-        self.fusion_norm = _batch_norm("fusion_bn", policy)
+        self.conv_norms = self._per_input(
+            lambda name: batch_norm(name, policy), "conv{}_bn"
+        )
+        self.fusion_conv = self._dense("fusion_conv", use_bias=False)
+        self.fusion_norm = batch_norm("fusion_bn", policy)
         # nn.Dropout2d drops whole channels.
-        self.dropout = keras.layers.SpatialDropout2D(dropout, dtype=policy)
-        # float32 logits under mixed precision.
-        self.classifier = keras.layers.Dense(
-            num_classes,
-            kernel_initializer=kernel_init(),
-            dtype="float32",
-            name="classifier",
+        self.dropout = keras.layers.SpatialDropout2D(
+            self.dropout_rate, dtype=policy
         )
+        self.classifier = self._classifier()
 
     def build(self, input_shape):
-        if len(input_shape) != self.num_inputs:
-            raise ValueError(
-                f"MMSegSegFormerHead expects {self.num_inputs} feature maps. "
-                f"Received {len(input_shape)}."
-            )
+        self._check_inputs(input_shape)
         dim = self.decoder_hidden_size
         for conv, norm, shape in zip(self.convs, self.conv_norms, input_shape):
             conv.build(shape)
@@ -113,31 +64,19 @@ class MMSegSegFormerHead(DirectCall, keras.layers.Layer):
         # multiply scale i: resizing and channel mixing commute, so each
         # scale is mixed at its own resolution and the 4*D-channel concat
         # at 1/4 resolution is never built.
-        size = ops.shape(features[0])[1:3]
         dim = self.decoder_hidden_size
         fuse = self.fusion_conv.kernel
-        x = None
-        for i, (feature, conv, norm) in enumerate(
-            zip(features, self.convs, self.conv_norms)
-        ):
+
+        def scale(i, feature, conv, norm):
             y = ops.relu(norm(conv(feature), training=training))
             rows = ops.cast(fuse[i * dim : (i + 1) * dim], y.dtype)
-            y = ops.matmul(y, rows)
-            if i > 0:
-                y = resize_bilinear(y, size)
-            x = y if x is None else x + y
+            return ops.matmul(y, rows)
+
+        layers = zip(features, self.convs, self.conv_norms)
+        x = self._sum_at(
+            ops.shape(features[0])[1:3],
+            (scale(i, *each) for i, each in enumerate(layers)),
+        )
         x = ops.relu(self.fusion_norm(x, training=training))
         x = self.dropout(x, training=training)
         return self.classifier(x)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[0][:-1]) + (self.num_classes,)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "num_classes": self.num_classes,
-            "decoder_hidden_size": self.decoder_hidden_size,
-            "dropout": self.dropout_rate,
-            "num_inputs": self.num_inputs,
-        }

@@ -6,6 +6,7 @@ from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.layer_norm import LayerNorm
 from keras_segformer.ops import nn
 from keras_segformer.ops.layer_call import DirectCall
+from keras_segformer.serializable import attribute_config
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -74,10 +75,5 @@ class OverlappingPatchEmbedding(DirectCall, keras.layers.Layer):
         return (b, side(h), side(w), self.hidden_size)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "hidden_size": self.hidden_size,
-            "patch_size": self.patch_size,
-            "stride": self.stride,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-        }
+        names = ("hidden_size", "patch_size", "stride", "layer_norm_epsilon")
+        return {**super().get_config(), **attribute_config(self, names)}

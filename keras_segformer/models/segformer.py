@@ -40,6 +40,24 @@ def _label_maps(id2label, num_classes):
     return id2label
 
 
+def _task_inputs(backbone, num_classes, id2label):
+    """A task model's checked arguments and its ``images`` input.
+
+    Returns:
+        ``(num_classes, id2label, inputs)``: the class count and names
+        checked, and a ``keras.Input`` of the backbone's image shape.
+    """
+    if not isinstance(backbone, MiTBackbone):
+        raise TypeError(
+            "`backbone` must be a keras_segformer.MiTBackbone. "
+            f"Received: {type(backbone).__name__}"
+        )
+    num_classes = check_positive_int(num_classes, "num_classes")
+    id2label = _label_maps(id2label, num_classes)
+    inputs = keras.Input(shape=backbone.image_shape, name="images")
+    return num_classes, id2label, inputs
+
+
 def _is_array(x):
     """A single NumPy array or backend tensor (not a dataset, list, dict)."""
     return isinstance(x, np.ndarray) or keras.ops.is_tensor(x)
@@ -348,14 +366,9 @@ class SegFormer(_TaskModel):
             raise ValueError(
                 f"`head` must be one of {sorted(HEADS)}. Received: {head!r}"
             )
-        if not isinstance(backbone, MiTBackbone):
-            raise TypeError(
-                "`backbone` must be a keras_segformer.MiTBackbone. "
-                f"Received: {type(backbone).__name__}"
-            )
-        num_classes = check_positive_int(num_classes, "num_classes")
-        id2label = _label_maps(id2label, num_classes)
-        inputs = keras.Input(shape=backbone.image_shape, name="images")
+        num_classes, id2label, inputs = _task_inputs(
+            backbone, num_classes, id2label
+        )
         features = backbone(inputs)
         logits = HEADS[head](
             num_classes,
@@ -413,14 +426,9 @@ class MiTClassifier(_TaskModel):
         name="mit_classifier",
         **kwargs,
     ):
-        if not isinstance(backbone, MiTBackbone):
-            raise TypeError(
-                "`backbone` must be a keras_segformer.MiTBackbone. "
-                f"Received: {type(backbone).__name__}"
-            )
-        num_classes = check_positive_int(num_classes, "num_classes")
-        id2label = _label_maps(id2label, num_classes)
-        inputs = keras.Input(shape=backbone.image_shape, name="images")
+        num_classes, id2label, inputs = _task_inputs(
+            backbone, num_classes, id2label
+        )
         last = backbone(inputs)[-1]
         pooled = keras.layers.GlobalAveragePooling2D(
             dtype=backbone.layer_dtype, name="pool"

@@ -10,6 +10,7 @@ from keras import ops
 
 from keras_segformer.ops import losses as loss_ops
 from keras_segformer.ops.resize import resize_bilinear
+from keras_segformer.serializable import attribute_config
 from keras_segformer.training.distribute import sum_over_replicas
 
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
@@ -276,9 +277,5 @@ class SegFormerLoss(keras.losses.Loss):
         return None
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "ignore_index": self.ignore_index,
-            "class_weights": self.class_weights,
-            "check_labels": self.check_labels,
-        }
+        names = ("ignore_index", "class_weights", "check_labels")
+        return {**super().get_config(), **attribute_config(self, names)}

@@ -19,6 +19,7 @@ from keras import ops
 
 from keras_segformer.ops import losses as loss_ops
 from keras_segformer.ops.resize import resize_bilinear
+from keras_segformer.serializable import attribute_config
 from keras_segformer.training.losses import (
     _as_labels,
     _broadcast_sample_weight,
@@ -185,12 +186,8 @@ class ConfusionMatrix(keras.metrics.Metric):
         )
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "num_classes": self.num_classes,
-            "ignore_index": self.ignore_index,
-            "from_logits": self.from_logits,
-        }
+        names = ("num_classes", "ignore_index", "from_logits")
+        return {**super().get_config(), **attribute_config(self, names)}
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")

@@ -14,6 +14,7 @@ import re
 import keras
 from keras import ops
 
+from keras_segformer.serializable import attribute_config
 from keras_segformer.training.distribute import (
     num_replicas,
     synchronize_batch_norm,
@@ -88,15 +89,16 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         return lr
 
     def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "warmup_steps": self.warmup_steps,
-            "warmup_ratio": self.warmup_ratio,
-            "power": self.power,
-            "end_learning_rate": self.end_learning_rate,
-            "name": self.name,
-        }
+        names = (
+            "initial_learning_rate",
+            "decay_steps",
+            "warmup_steps",
+            "warmup_ratio",
+            "power",
+            "end_learning_rate",
+            "name",
+        )
+        return attribute_config(self, names)
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -234,11 +236,8 @@ class GroupedAdamW(keras.optimizers.AdamW):
         super().update_step(gradient, variable, lr)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "lr_multipliers": self.lr_multipliers,
-            "decay_rank_1": self.decay_rank_1,
-        }
+        names = ("lr_multipliers", "decay_rank_1")
+        return {**super().get_config(), **attribute_config(self, names)}
 
 
 def _head_pattern(model, head_layer):

@@ -5,8 +5,47 @@ Everything here is stock Keras: ``compile_for_training``
 ``BackupAndRestore`` (resume after a kill), ``ModelCheckpoint`` (weights
 every epoch), ``CSVLogger`` and ``TensorBoard``, the three that write
 files made atomic in ``run_files`` (whose names are re-exported here).
+
+``fit`` writes ``out_dir/run.json`` (the run's settings),
+``out_dir/log.csv`` (one row per epoch), ``out_dir/tensorboard/``,
+``out_dir/checkpoints/epoch-NNN.weights.h5`` after every epoch,
+``out_dir/backup/`` (model and optimizer state at every epoch end, removed
+when training completes) and finally ``out_dir/model.keras`` (with the
+optimizer state). Every file but TensorBoard's event streams is written
+under a temporary name and renamed into place; leftover temporaries of a
+killed run are removed on the next start.
+
+Started again with the same ``out_dir``:
+
+- after a kill, training resumes from the backup: the weights, the
+  optimizer state (and so the step count and learning-rate schedule) and
+  the epoch counter come back, and the interrupted epoch runs again from
+  its start (its log row and checkpoint are replaced). At most the steps
+  of the interrupted epoch are redone, so keep epochs short for long runs
+  (``steps_per_epoch``);
+- on a finished run of ``epochs`` epochs, nothing is trained: the model
+  gets the run's weights from ``model.keras`` and a message says so;
+- with more ``epochs`` than a finished run had, training continues from
+  ``model.keras`` (weights and optimizer state). The poly schedule is laid
+  out anew over the new total of steps, so the learning rate resumes at
+  the value the longer schedule has at the step reached;
+- with fewer ``epochs`` than already trained, or a model or setting that
+  differs from the recorded run, a ``ValueError`` names the difference;
+  ``overwrite=True`` starts afresh.
+
+Several devices: build the model and call ``fit`` inside
+``distribution_scope()``. The training batch is global and must be
+divisible by the number of devices; validation batches are padded to a
+multiple of it with fully ignored samples, which change no score. Several
+workers (``TF_CONFIG``, ``KERAS_DISTRIBUTION_*``: see ``cluster``): the
+same, on every worker, each with its shard of the data (JAX: batches of
+its part of the global batch). ``out_dir`` must be on a file system all
+workers share: only the chief writes it; the others read the run and the
+backup from it and save into a scratch folder of their own, deleted at
+the end.
 """
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -22,13 +61,15 @@ from keras_segformer.training.distribute import (
     pad_batches,
     strategy_scope,
 )
+from keras_segformer.training.evaluation import (  # noqa: F401 (re-exported)
+    dump_scores,
+    evaluate,
+    metric_classes,
+)
 from keras_segformer.training.metrics import (
-    ConfusionMatrix,
     MeanAccuracy,
     MeanIoU,
     PixelAccuracy,
-    per_class_report,
-    segmentation_scores,
 )
 from keras_segformer.training.optimizer import (
     compile_for_training,
@@ -71,11 +112,6 @@ _CONFIG_SKIPPED = frozenset(
         "class_name",
     }
 )
-
-
-def metric_classes(num_classes):
-    """Classes the confusion matrix needs (a 1-logit model has 2)."""
-    return max(int(num_classes), 2)
 
 
 def compile_model(model, *, total_steps, learning_rate=6e-5, **optimizer_kw):
@@ -121,43 +157,9 @@ def fit(
 ):
     """Train ``model`` and keep everything in ``out_dir``.
 
-    Writes ``out_dir/run.json`` (the run's settings), ``out_dir/log.csv``
-    (one row per epoch), ``out_dir/tensorboard/``, ``out_dir/checkpoints/
-    epoch-NNN.weights.h5`` after every epoch, ``out_dir/backup/`` (model
-    and optimizer state at every epoch end, removed when training
-    completes) and finally ``out_dir/model.keras`` (with the optimizer
-    state). Every file but TensorBoard's event streams is written under a
-    temporary name and renamed into place; leftover temporaries of a killed
-    run are removed on the next start.
-
-    Started again with the same ``out_dir``:
-
-    - after a kill, training resumes from the backup: the weights, the
-      optimizer state (and so the step count and learning-rate schedule)
-      and the epoch counter come back, and the interrupted epoch runs again
-      from its start (its log row and checkpoint are replaced). At most the
-      steps of the interrupted epoch are redone, so keep epochs short for
-      long runs (``steps_per_epoch``);
-    - on a finished run of ``epochs`` epochs, nothing is trained: the model
-      gets the run's weights from ``model.keras`` and a message says so;
-    - with more ``epochs`` than a finished run had, training continues from
-      ``model.keras`` (weights and optimizer state). The poly schedule is
-      laid out anew over the new total of steps, so the learning rate
-      resumes at the value the longer schedule has at the step reached;
-    - with fewer ``epochs`` than already trained, or a model or setting
-      that differs from the recorded run, a ``ValueError`` names the
-      difference; ``overwrite=True`` starts afresh.
-
-    Several devices: build ``model`` and call ``fit`` inside
-    ``distribution_scope()``. The training batch is global and must be
-    divisible by the number of devices; validation batches are padded to
-    a multiple of it with fully ignored samples, which change no score.
-    Several workers (``TF_CONFIG``, ``KERAS_DISTRIBUTION_*``: see
-    ``cluster``): the same, on every worker, each with its shard of the
-    data (JAX: batches of its part of the global batch). ``out_dir`` must
-    be on a file system all workers share: only the chief writes it; the
-    others read the run and the backup from it and save into a scratch
-    folder of their own, deleted at the end.
+    The files it writes, what a restart with the same ``out_dir`` does
+    (resume, extend, nothing, or an error) and how to train on several
+    devices or workers: see this module's docstring.
 
     Args:
         model: ``SegFormer``, built.
@@ -182,66 +184,120 @@ def fit(
     Returns:
         ``keras.callbacks.History`` (empty when there was nothing to do).
     """
-    out_dir = os.fspath(out_dir)
+    run = _open_run(
+        model,
+        os.fspath(out_dir),
+        settings,
+        overwrite,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        learning_rate=learning_rate,
+        verbose=verbose,
+    )
+    try:
+        with strategy_scope(model):
+            history = _train(
+                model, run, train_data, validation_data, callbacks, optimizer_kw
+            )
+    finally:
+        if not run.chief:
+            _remove(run.write_dir)
+    if history is None:  # a finished run: nothing was trained
+        return keras.callbacks.History()
+    if run.chief:
+        # model.keras now holds the newest state: the backup can go.
+        done = history.epoch[-1] + 1 if history.epoch else epochs
+        _write_run(run.out_dir, run.status, run.settings, model_epochs=done)
+        _remove(os.path.join(run.out_dir, BACKUP))
+    return history
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """One ``fit`` call's run: its folder, where this worker writes (the
+    folder on the chief, a scratch folder on the others), the state read
+    from the folder, the settings recorded, the cluster joined (or None)
+    and ``fit``'s arguments of the same names."""
+
+    out_dir: str
+    write_dir: str
+    chief: bool
+    status: RunStatus
+    settings: dict
+    found: object
+    epochs: int
+    steps_per_epoch: int
+    learning_rate: float
+    verbose: object
+
+
+def _open_run(model, out_dir, settings, overwrite, **arguments):
+    """Check and read the run in ``out_dir`` (``_prepare_run``), choose
+    where this worker writes. ``arguments``: ``fit``'s ``epochs``,
+    ``steps_per_epoch``, ``learning_rate`` and ``verbose``."""
+    steps_per_epoch = arguments["steps_per_epoch"]
     settings = {
         **(settings or {}),
         "steps_per_epoch": int(steps_per_epoch),
-        "learning_rate": float(learning_rate),
+        "learning_rate": float(arguments["learning_rate"]),
         **_model_settings(model),
     }
     found = cluster_lib.joined()
     status = _prepare_run(
-        out_dir, epochs, steps_per_epoch, settings, overwrite, found
+        out_dir,
+        arguments["epochs"],
+        steps_per_epoch,
+        settings,
+        overwrite,
+        found,
     )
     # Other workers than the chief write into a scratch folder of theirs.
     chief = found is None or found.chief
     write_dir = out_dir if chief else tempfile.mkdtemp(prefix="segformer-")
-    say = print if verbose != 0 else _silent
-    try:
-        with strategy_scope(model):
-            validation_data = _check_data(
-                model, train_data, validation_data, found
-            )
-            compile_model(
-                model,
-                total_steps=epochs * steps_per_epoch,
-                learning_rate=learning_rate,
-                **optimizer_kw,
-            )
-            if status.source == "model":
-                _load_state(model, os.path.join(out_dir, FINAL_MODEL))
-            if status.finished:
-                say(status.message())
-                return keras.callbacks.History()
-            if chief:
-                _write_run(
-                    out_dir, status, settings, model_epochs=status.model_epochs
-                )
-            message = _start_message(status, steps_per_epoch)
-            if message:
-                say(message)
-            model._initial_epoch = None  # set by a backup restored earlier
-            with cluster_lib.lost_worker_errors(found, out_dir):
-                history = model.fit(
-                    train_data,
-                    epochs=epochs,
-                    initial_epoch=status.done
-                    if status.source == "model"
-                    else 0,
-                    steps_per_epoch=steps_per_epoch,
-                    validation_data=validation_data,
-                    verbose=verbose,
-                    callbacks=[*_run_callbacks(write_dir, out_dir), *callbacks],
-                )
-            done = history.epoch[-1] + 1 if history.epoch else epochs
-            write_atomic(os.path.join(write_dir, FINAL_MODEL), model.save)
-    finally:
-        if not chief:
-            _remove(write_dir)
-    if chief:
-        # model.keras now holds the newest state: the backup can go.
-        _write_run(out_dir, status, settings, model_epochs=done)
-        _remove(os.path.join(out_dir, BACKUP))
+    return _Run(out_dir, write_dir, chief, status, settings, found, **arguments)
+
+
+def _train(model, run, train_data, validation_data, callbacks, optimizer_kw):
+    """``fit`` under the strategy scope: check the data, compile, restore
+    the state the run names, announce, train and save ``model.keras``.
+
+    Returns:
+        ``keras.callbacks.History``, or None where the run was finished
+        already (nothing trained).
+    """
+    validation_data = _check_data(model, train_data, validation_data, run.found)
+    compile_model(
+        model,
+        total_steps=run.epochs * run.steps_per_epoch,
+        learning_rate=run.learning_rate,
+        **optimizer_kw,
+    )
+    say = print if run.verbose != 0 else _silent
+    status = run.status
+    if status.source == "model":
+        _load_state(model, os.path.join(run.out_dir, FINAL_MODEL))
+    if status.finished:
+        say(status.message())
+        return None
+    if run.chief:
+        _write_run(
+            run.out_dir, status, run.settings, model_epochs=status.model_epochs
+        )
+    message = _start_message(status, run.steps_per_epoch)
+    if message:
+        say(message)
+    model._initial_epoch = None  # set by a backup restored earlier
+    with cluster_lib.lost_worker_errors(run.found, run.out_dir):
+        history = model.fit(
+            train_data,
+            epochs=run.epochs,
+            initial_epoch=status.done if status.source == "model" else 0,
+            steps_per_epoch=run.steps_per_epoch,
+            validation_data=validation_data,
+            verbose=run.verbose,
+            callbacks=[*_run_callbacks(run.write_dir, run.out_dir), *callbacks],
+        )
+    write_atomic(os.path.join(run.write_dir, FINAL_MODEL), model.save)
     return history
 
 
@@ -400,57 +456,3 @@ def _tensorboard(out_dir):
         print("tensorboard is not installed: no TensorBoard log.")
         return []
     return [keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard"))]
-
-
-@data_errors()
-def evaluate(model, dataset, *, class_names=None, verbose=True):
-    """Accumulate the confusion matrix of ``model`` over ``dataset``.
-
-    Args:
-        model: ``SegFormer``.
-        dataset: iterable of ``(images, labels)`` batches.
-        class_names: list of str or None. Names for the per-class report.
-        verbose: bool. Show a progress bar.
-
-    Returns:
-        dict with ``mIoU``, ``mAcc``, ``aAcc`` (fractions), ``IoU`` and
-        ``Acc`` (class name -> fraction, NaN for absent classes) and
-        ``report`` (a text table in percent).
-    """
-    confusion = ConfusionMatrix(metric_classes(model.num_classes))
-    bar = keras.utils.Progbar(None, verbose=1 if verbose else 0)
-    if hasattr(dataset, "as_numpy_iterator"):
-        # tf.data yields TF tensors, which JAX and PyTorch cannot take.
-        dataset = dataset.as_numpy_iterator()
-    for step, (images, labels) in enumerate(dataset):
-        logits = model.predict_on_batch(images)
-        confusion.update_state(labels, logits)
-        bar.update(step + 1)
-    matrix = keras.ops.convert_to_numpy(confusion.result())
-    if matrix.sum() == 0:
-        raise ValueError("The evaluation set has no labelled pixels.")
-    names = class_names
-    if names is None and getattr(model, "id2label", None):
-        names = [model.id2label[i] for i in sorted(model.id2label)]
-    if names is not None and len(names) != matrix.shape[0]:
-        names = None  # e.g. a 1-logit model scored as 2 classes
-    scores = segmentation_scores(matrix, names)
-    scores["report"] = per_class_report(matrix, names)
-    return scores
-
-
-def dump_scores(scores):
-    """Scores as one JSON object (NaN for classes never seen -> null)."""
-
-    def clean(x):
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if isinstance(x, float) and x != x:
-            return None
-        if hasattr(x, "item"):
-            return clean(x.item())
-        return x
-
-    return json.dumps(clean(scores))
