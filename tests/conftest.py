@@ -213,6 +213,11 @@ BACKEND_INDEPENDENT = {
         "test_every_format_is_a_registry_entry",
     },
     "test_variants.py": {"test_variant_functions_are_documented"},
+    # The run folder's lock (a second process, no model).
+    "test_run_lock.py": {
+        "test_a_second_run_is_refused_and_touches_nothing",
+        "test_the_lock_is_released_after_the_run_and_after_an_error",
+    },
     # The get_config helper on a plain object (no Keras object).
     "test_serializable.py": {
         "test_attribute_config_reads_names_then_renamed_keys",

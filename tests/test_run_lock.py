@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from keras_segformer.training import trainer
 from keras_segformer.training.run_lock import LOCK_FILE, RunInUseError, run_lock
 
 HOLD = """
@@ -17,7 +18,12 @@ with run_lock(sys.argv[1]):
 """
 
 
-def test_a_second_holder_is_refused_with_the_folder_and_process(tmp_path):
+def test_a_second_run_is_refused_and_touches_nothing(tmp_path):
+    """While another process trains in the folder, ``fit`` names the
+    folder and that process and leaves the folder's files as they are
+    (the start of a run removes temporaries: not the other run's)."""
+    temporary = tmp_path / ".epoch-001.tmp-1.weights.h5"  # the other's
+    temporary.write_bytes(b"being written")
     child = subprocess.Popen(
         [sys.executable, "-c", HOLD, str(tmp_path)],
         stdout=subprocess.PIPE,
@@ -26,10 +32,19 @@ def test_a_second_holder_is_refused_with_the_folder_and_process(tmp_path):
     try:
         assert child.stdout.readline().strip() == "held"
         with pytest.raises(RunInUseError) as e:
-            with run_lock(tmp_path):
-                pass
+            # Refused before the model or the data are looked at.
+            trainer.fit(
+                None,
+                None,
+                out_dir=tmp_path,
+                epochs=1,
+                steps_per_epoch=1,
+                overwrite=True,
+            )
+        assert isinstance(e.value, OSError)  # the CLI's one-line error
         assert str(tmp_path) in str(e.value)
         assert f"process {child.pid}" in str(e.value)
+        assert temporary.read_bytes() == b"being written"
     finally:
         child.kill()
         child.wait()

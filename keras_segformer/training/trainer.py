@@ -31,7 +31,9 @@ Started again with the same ``out_dir``:
   the value the longer schedule has at the step reached;
 - with fewer ``epochs`` than already trained, or a model or setting that
   differs from the recorded run, a ``ValueError`` names the difference;
-  ``overwrite=True`` starts afresh.
+  ``overwrite=True`` starts afresh;
+- while another process trains in ``out_dir``: ``RunInUseError`` (an
+  ``OSError``) names it, and nothing in the folder is touched.
 
 Several devices: build the model and call ``fit`` inside
 ``distribution_scope()``. The training batch is global and must be
@@ -45,6 +47,7 @@ backup from it and save into a scratch folder of their own, deleted at
 the end.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -99,6 +102,7 @@ from keras_segformer.training.run_files import (  # noqa: F401 (re-exported)
     write_atomic,
     write_text,
 )
+from keras_segformer.training.run_lock import run_lock
 
 _CONFIG_SKIPPED = frozenset(
     {
@@ -184,31 +188,38 @@ def fit(
     Returns:
         ``keras.callbacks.History`` (empty when there was nothing to do).
     """
-    run = _open_run(
-        model,
-        os.fspath(out_dir),
-        settings,
-        overwrite,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        learning_rate=learning_rate,
-        verbose=verbose,
-    )
-    try:
-        with strategy_scope(model):
-            history = _train(
-                model, run, train_data, validation_data, callbacks, optimizer_kw
-            )
-    finally:
-        if not run.chief:
-            _remove(run.write_dir)
-    if history is None:  # a finished run: nothing was trained
-        return keras.callbacks.History()
-    if run.chief:
-        # model.keras now holds the newest state: the backup can go.
-        done = history.epoch[-1] + 1 if history.epoch else epochs
-        _write_run(run.out_dir, run.status, run.settings, model_epochs=done)
-        _remove(os.path.join(run.out_dir, BACKUP))
+    out_dir = os.fspath(out_dir)
+    with _lock_run(out_dir):  # one run at a time in out_dir
+        run = _open_run(
+            model,
+            out_dir,
+            settings,
+            overwrite,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            learning_rate=learning_rate,
+            verbose=verbose,
+        )
+        try:
+            with strategy_scope(model):
+                history = _train(
+                    model,
+                    run,
+                    train_data,
+                    validation_data,
+                    callbacks,
+                    optimizer_kw,
+                )
+        finally:
+            if not run.chief:
+                _remove(run.write_dir)
+        if history is None:  # a finished run: nothing was trained
+            return keras.callbacks.History()
+        if run.chief:
+            # model.keras now holds the newest state: the backup can go.
+            done = history.epoch[-1] + 1 if history.epoch else epochs
+            _write_run(run.out_dir, run.status, run.settings, model_epochs=done)
+            _remove(os.path.join(run.out_dir, BACKUP))
     return history
 
 
@@ -229,6 +240,17 @@ class _Run:
     steps_per_epoch: int
     learning_rate: float
     verbose: object
+
+
+def _lock_run(out_dir):
+    """The run lock of ``out_dir`` (created if needed); none on a worker
+    other than the chief (it does not write there)."""
+    found = cluster_lib.joined()
+    if found is not None and not found.chief:
+        return contextlib.nullcontext()
+    os.makedirs(out_dir, exist_ok=True)
+    _check_writable(out_dir)
+    return run_lock(out_dir)
 
 
 def _open_run(model, out_dir, settings, overwrite, **arguments):
