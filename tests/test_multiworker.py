@@ -358,6 +358,7 @@ def test_the_restart_resumes_and_the_chief_writes_one_run(cluster_run):
     assert "resuming" in phase["outputs"][0]
     run_dir = os.path.join(cluster_run["root"], "run")
     assert sorted(os.listdir(run_dir)) == [
+        ".lock",  # the chief's run lock; the other worker writes nothing
         "checkpoints",
         "log.csv",
         "model.keras",
