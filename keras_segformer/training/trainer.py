@@ -188,13 +188,16 @@ def fit(
     Returns:
         ``keras.callbacks.History`` (empty when there was nothing to do).
     """
+    _check_counts(epochs, steps_per_epoch)  # before the folder is made
     out_dir = os.fspath(out_dir)
-    with _lock_run(out_dir):  # one run at a time in out_dir
+    found = cluster_lib.joined()
+    with _lock_run(out_dir, found):  # one run at a time in out_dir
         run = _open_run(
             model,
             out_dir,
             settings,
             overwrite,
+            found,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             learning_rate=learning_rate,
@@ -242,10 +245,18 @@ class _Run:
     verbose: object
 
 
-def _lock_run(out_dir):
-    """The run lock of ``out_dir`` (created if needed); none on a worker
-    other than the chief (it does not write there)."""
-    found = cluster_lib.joined()
+def _check_counts(epochs, steps_per_epoch):
+    if epochs < 1 or steps_per_epoch < 1:
+        raise ValueError(
+            "`epochs` and `steps_per_epoch` must be >= 1. Received "
+            f"epochs={epochs}, steps_per_epoch={steps_per_epoch}."
+        )
+
+
+def _lock_run(out_dir, found):
+    """The run lock of ``out_dir`` (created and checked writable if
+    needed); none on a worker other than the chief (it does not write
+    there)."""
     if found is not None and not found.chief:
         return contextlib.nullcontext()
     os.makedirs(out_dir, exist_ok=True)
@@ -253,7 +264,7 @@ def _lock_run(out_dir):
     return run_lock(out_dir)
 
 
-def _open_run(model, out_dir, settings, overwrite, **arguments):
+def _open_run(model, out_dir, settings, overwrite, found, **arguments):
     """Check and read the run in ``out_dir`` (``_prepare_run``), choose
     where this worker writes. ``arguments``: ``fit``'s ``epochs``,
     ``steps_per_epoch``, ``learning_rate`` and ``verbose``."""
@@ -264,7 +275,6 @@ def _open_run(model, out_dir, settings, overwrite, **arguments):
         "learning_rate": float(arguments["learning_rate"]),
         **_model_settings(model),
     }
-    found = cluster_lib.joined()
     status = _prepare_run(
         out_dir,
         arguments["epochs"],
@@ -324,21 +334,15 @@ def _train(model, run, train_data, validation_data, callbacks, optimizer_kw):
 
 
 def _prepare_run(out_dir, epochs, steps_per_epoch, settings, overwrite, found):
-    """Check the arguments, make ``out_dir`` ready (``overwrite``,
-    leftover temporaries, a stale backup) and read its run. In a cluster
-    only the chief changes the folder; the others read it after it."""
-    if epochs < 1 or steps_per_epoch < 1:
-        raise ValueError(
-            "`epochs` and `steps_per_epoch` must be >= 1. Received "
-            f"epochs={epochs}, steps_per_epoch={steps_per_epoch}."
-        )
+    """Make ``out_dir`` (made and locked by ``_lock_run``) ready
+    (``overwrite``, leftover temporaries, a stale backup) and read its run.
+    In a cluster only the chief changes the folder; the others read it
+    after it."""
     if found is not None and not found.chief:
         if not overwrite:  # the chief's refusal, here too
             check_run(out_dir, epochs=epochs, settings=settings)
         cluster_lib.barrier(found, "run folder ready")
         return check_run(out_dir, epochs=epochs, settings=settings)
-    os.makedirs(out_dir, exist_ok=True)
-    _check_writable(out_dir)
     if overwrite:
         clear_run(out_dir)
     _remove_leftovers(out_dir)
