@@ -8,7 +8,11 @@ from conftest import BACKEND, tiny_segformer
 
 from keras_segformer.layers import DropPath
 from keras_segformer.ops import layer_call
-from keras_segformer.ops.layer_call import DirectCall, direct_calls
+from keras_segformer.ops.layer_call import (
+    DirectCall,
+    DirectGraph,
+    direct_calls,
+)
 
 
 def _images(batch=2, size=64, seed=0):
@@ -25,14 +29,15 @@ def _pair(**kwargs):
     return models
 
 
-def _keras_layer_calls(monkeypatch, fn):
+def _keras_layer_calls(monkeypatch, fn, ours_only=True):
     """How many times ``keras.layers.Layer.__call__`` runs in ``fn()`` for
-    a layer that can be called directly."""
+    a layer or model of ours (Keras' Dense and Conv layers are called
+    through it by the generic ops)."""
     count = [0]
     original = keras.layers.Layer.__call__
 
     def counting(self, *args, **kwargs):
-        count[0] += isinstance(self, DirectCall)
+        count[0] += not ours_only or isinstance(self, (DirectCall, DirectGraph))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(keras.layers.Layer, "__call__", counting)
@@ -65,8 +70,62 @@ def test_direct_calls_skip_layer_call_and_the_switch_restores_it(
     direct = _keras_layer_calls(monkeypatch, lambda: model(x))
     with direct_calls(False):
         through_keras = _keras_layer_calls(monkeypatch, lambda: model(x))
-    assert direct == 0
+    assert direct == 0  # not even the two functional models
     assert through_keras > 40  # every block, norm, dropout ...
+    assert _keras_layer_calls(monkeypatch, lambda: model(x)) == 0
+    if BACKEND == "torch":  # Dense and Conv run by the fast ops: none
+        assert _keras_layer_calls(monkeypatch, lambda: model(x), False) == 0
+
+
+def _both_paths(fn):
+    """``fn()`` as numpy (a structure of them) with direct calls, then
+    through Keras."""
+    results = []
+    for enabled in (True, False):
+        with direct_calls(enabled):
+            results.append(keras.tree.map_structure(_np, fn()))
+    return results
+
+
+def _np(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def test_models_run_their_graph_as_keras_does():
+    model = tiny_segformer(num_classes=4)
+    x = _images(batch=1, size=45)
+    # NumPy in float32 and float64 (converted to the Input's float32 as
+    # Keras converts it), a backend tensor.
+    for inputs in (x, x.astype("float64"), keras.ops.convert_to_tensor(x)):
+        out, ref = _both_paths(lambda inputs=inputs: model(inputs))
+        assert out.dtype == np.float32 and out.shape == (1, 12, 12, 4)
+        np.testing.assert_allclose(out, ref, atol=1e-6, rtol=0)
+    features, ref = _both_paths(lambda: model.backbone(x, training=False))
+    assert isinstance(features, list) and len(features) == 4
+    for f, r in zip(features, ref):
+        np.testing.assert_allclose(f, r, atol=1e-6, rtol=0)
+    # A user's functional model around the backbone: the backbone's node
+    # is recorded with mask=None.
+    inputs = keras.Input((None, None, 3))
+    user = keras.Model(inputs, model.backbone(inputs)[-1])
+    out, ref = _both_paths(lambda: user(x))
+    np.testing.assert_allclose(out, ref, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out, features[-1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch module hooks")
+def test_torch_module_hooks_still_run():
+    model = tiny_segformer(num_classes=4)
+    x = keras.ops.convert_to_tensor(_images(batch=1))
+    block = model.backbone.get_layer("stage2_block1")
+    seen = []
+    handle = block.register_forward_hook(
+        lambda module, args, output: seen.append(tuple(output.shape))
+    )
+    model(x)
+    handle.remove()
+    model(x)
+    assert seen == [(1, 8, 8, 16)]
 
 
 @pytest.mark.parametrize("dtype", [None, "mixed_bfloat16"])
@@ -88,13 +147,24 @@ def test_same_outputs_and_training_step(dtype):
     loss = direct_model.train_on_batch(x, labels)
     with direct_calls(False):
         ref_loss = keras_model.train_on_batch(x, labels)
-    np.testing.assert_allclose(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    tol = 1e-5
+    if dtype and BACKEND == "tensorflow":
+        # A tf.function's bfloat16 results depend on how its graph was
+        # named: two structurally identical graphs of one model (same op
+        # types, inputs, dtypes and attributes), traced through Keras'
+        # path and the direct one, give logits 1e-2 apart (each 1.6e-2
+        # from eager, where the two paths agree exactly, above). The step
+        # is then compared at bfloat16's precision: the loss, the mIoU
+        # (a few argmax flips) and the weights (AdamW moves each by about
+        # its learning rate, 6e-4 at most).
+        tol = 2e-3
+    np.testing.assert_allclose(loss, ref_loss, atol=tol, rtol=tol)
     for v, ref_v in zip(direct_model.weights, keras_model.weights):
         np.testing.assert_allclose(
             keras.ops.convert_to_numpy(v),
             keras.ops.convert_to_numpy(ref_v),
-            atol=1e-5,
-            rtol=1e-5,
+            atol=tol,
+            rtol=tol,
             err_msg=v.path,
         )
 
@@ -142,7 +212,10 @@ class _Outer(keras.layers.Layer):
         return self.inner(x)
 
 
-def test_training_flag_from_the_enclosing_call():
+@pytest.mark.parametrize("cleared", [False, True])
+def test_training_flag_from_the_enclosing_call(cleared):
+    if cleared:  # replaces Keras' global state object: read it afresh
+        keras.backend.clear_session()
     x = keras.ops.ones((16, 4, 4, 2))
     results = []
     for enabled in (True, False):

@@ -14,13 +14,20 @@ from hf_utils import HF_TINY, hf_forward, save_hf_model
 import keras_segformer
 from keras_segformer import ops as sf_ops
 from keras_segformer.layers import LayerNorm
-from keras_segformer.ops import attention, checks, dispatch, losses, nn
+from keras_segformer.ops import (
+    attention,
+    checks,
+    dispatch,
+    inference,
+    losses,
+    nn,
+)
 from keras_segformer.ops import resize as resize_ops
 from keras_segformer.training import SegFormerLoss
 
 ALL_OPS = [
     value
-    for module in (nn, attention, resize_ops, losses, checks)
+    for module in (nn, attention, resize_ops, losses, checks, inference)
     for value in vars(module).values()
     if isinstance(value, dispatch.Op)
 ]
@@ -259,6 +266,73 @@ def test_dense():
             layer.trainable_variables,
         )
     )
+
+
+def test_kernel_and_bias():
+    layer = _built(keras.layers.Dense(6), (2, 5))
+
+    def flat(f):
+        kernel, bias = f(layer)
+        return keras.ops.concatenate([keras.ops.reshape(kernel, (-1,)), bias])
+
+    _assert_close(
+        *_both(nn.kernel_and_bias, flat, [], layer.trainable_variables)
+    )
+
+
+def test_matmul():
+    _assert_close(
+        *_both(
+            nn.matmul,
+            lambda f, a, b: f(a, b),
+            [_randn(2, 5, 7, 4), _randn(4, 6, seed=1)],
+        )
+    )
+
+
+def test_no_autograd_and_training_after_predict_on_batch():
+    model = tiny_segformer(num_classes=3, dropout=0.0, drop_path_rate=0.0)
+    x = _randn(2, 45, 70, 3)
+    labels = np.random.default_rng(0).integers(0, 3, (2, 45, 70))
+    fast = inference.no_autograd.implementation(mode="fast")
+    if keras.backend.backend() == "torch" and sf_ops.device_kind() == "cpu":
+        import torch
+
+        with fast():
+            assert torch.is_inference_mode_enabled()
+        assert not torch.is_inference_mode_enabled()
+    logits = model.predict_on_batch(x)
+    with sf_ops.use("generic"):
+        ref = model.predict_on_batch(x)
+    np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=0)
+    # Nothing of the model became an inference tensor: it still trains,
+    # and its BatchNorm statistics move.
+    before = [_numpy(v) for v in model.non_trainable_variables]
+    model.train_on_batch(x, labels)
+    model.train_on_batch(x, labels)
+    after = [_numpy(v) for v in model.non_trainable_variables]
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+    assert np.isfinite(model.predict_on_batch(x)).all()
+
+
+def test_float32_dense_inside_a_mixed_precision_call():
+    # The decode head calls its float32 classifier through nn.dense inside
+    # its own bfloat16 autocast scope: the weights are read as the
+    # classifier's own call reads them, in float32 (not rounded to
+    # bfloat16 by the enclosing scope).
+    from keras.src.backend.common.variables import AutocastScope
+
+    layer = _built(keras.layers.Dense(6, dtype="float32"), (2, 5))
+    x = _randn(2, 5)
+    kernel, bias = (_numpy(w) for w in layer.weights)
+    with AutocastScope("bfloat16"):
+        results = [
+            _numpy(f(layer, keras.ops.convert_to_tensor(x)))
+            for f in (nn.dense.implementation(mode="fast"), nn.dense.generic)
+        ]
+    for out in results:
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, x @ kernel + bias, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("padding", [0, 1, 3])

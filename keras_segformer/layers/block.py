@@ -3,7 +3,7 @@
 import keras
 
 from keras_segformer.layers.attention import EfficientSelfAttention
-from keras_segformer.layers.drop_path import DropPath
+from keras_segformer.layers.drop_path import DropPath, drop
 from keras_segformer.layers.layer_norm import LayerNorm
 from keras_segformer.layers.mix_ffn import MixFFN
 from keras_segformer.ops.layer_call import DirectCall, Dropout
@@ -84,10 +84,10 @@ class MiTBlock(DirectCall, keras.layers.Layer):
 
     def call(self, x, training=None):
         h = self.attention(self.norm1(x), training=training)
-        h = self.attention_output_dropout(h, training=training)
-        x = x + self.drop_path(h, training=training)
+        h = drop(self.attention_output_dropout, h, training)
+        x = x + drop(self.drop_path, h, training)
         h = self.mlp(self.norm2(x), training=training)
-        return x + self.drop_path(h, training=training)
+        return x + drop(self.drop_path, h, training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

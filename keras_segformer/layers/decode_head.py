@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_segformer.layers.base_head import BaseDecodeHead, batch_norm
+from keras_segformer.layers.drop_path import drop
 from keras_segformer.ops import nn
 from keras_segformer.ops.layer_call import Dropout
 
@@ -53,18 +54,15 @@ class SegFormerHead(BaseDecodeHead):
         # so this is the same function; it skips the 4*D-channel concat at
         # 1/4 resolution and the widest matmul of the head.
         dim = self.decoder_hidden_size
-        fuse = ops.cast(self.linear_fuse.kernel, self.compute_dtype)
+        fuse, _ = nn.kernel_and_bias(self.linear_fuse)
 
         def scale(i, feature, linear):
             j = self.num_inputs - 1 - i  # concat order is [c4, c3, c2, c1]
             rows = fuse[j * dim : (j + 1) * dim]
-            kernel = ops.matmul(
-                ops.cast(linear.kernel, self.compute_dtype), rows
-            )
-            bias = ops.matmul(
-                ops.cast(linear.bias, self.compute_dtype)[None], rows
-            )[0]
-            return ops.matmul(feature, kernel) + bias
+            kernel, bias = nn.kernel_and_bias(linear)
+            kernel = nn.matmul(kernel, rows)
+            bias = nn.matmul(bias[None], rows)[0]
+            return nn.matmul(feature, kernel) + bias
 
         layers = zip(features, self.linear_c)
         x = self._sum_at(
@@ -72,5 +70,5 @@ class SegFormerHead(BaseDecodeHead):
             (scale(i, *each) for i, each in enumerate(layers)),
         )
         x = ops.relu(self.batch_norm(x, training=training))
-        x = self.dropout(x, training=training)
+        x = drop(self.dropout, x, training)
         return nn.dense(self.classifier, x)

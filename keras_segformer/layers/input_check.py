@@ -3,6 +3,7 @@
 import keras
 
 from keras_segformer.ops.checks import assert_image_size
+from keras_segformer.ops.inference import no_autograd
 from keras_segformer.ops.layer_call import DirectCall
 
 
@@ -77,7 +78,9 @@ class ImageInputChecks:
     sees it, so the dtype is checked in ``call``; ``predict_on_batch``
     checks the concrete shape first, so a bad array gets the same
     ``ValueError`` on every backend (on TensorFlow the compiled function
-    can be traced with unknown sizes, see ``InputCheck``).
+    can be traced with unknown sizes, see ``InputCheck``), then runs in
+    ``keras_segformer.ops.inference.no_autograd()`` (PyTorch's inference
+    mode).
     """
 
     def call(self, inputs, training=None, mask=None, **kwargs):
@@ -96,7 +99,8 @@ class ImageInputChecks:
                 self.backbone.min_input_size,
                 self.backbone.image_shape[-1],
             )
-        return super().predict_on_batch(x)
+        with no_autograd():
+            return super().predict_on_batch(x)
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")

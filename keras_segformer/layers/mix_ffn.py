@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_segformer.layers.drop_path import drop
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.ops import nn
 from keras_segformer.ops.layer_call import DirectCall, Dropout
@@ -57,9 +58,9 @@ class MixFFN(DirectCall, keras.layers.Layer):
         x = nn.depthwise_conv2d(self.dwconv, nn.dense(self.dense1, x))
         # Exact (erf) GELU, as in the reference; not the tanh approximation.
         x = nn.gelu(x)
-        x = self.dropout(x, training=training)
+        x = drop(self.dropout, x, training)
         x = nn.dense(self.dense2, x)
-        return self.dropout(x, training=training)
+        return drop(self.dropout, x, training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_segformer.layers.base_head import BaseDecodeHead, batch_norm
+from keras_segformer.layers.drop_path import drop
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -78,5 +79,5 @@ class MMSegSegFormerHead(BaseDecodeHead):
             (scale(i, *each) for i, each in enumerate(layers)),
         )
         x = ops.relu(self.fusion_norm(x, training=training))
-        x = self.dropout(x, training=training)
+        x = drop(self.dropout, x, training)
         return self.classifier(x)

@@ -14,6 +14,7 @@ from keras_segformer.layers import (
     OverlappingPatchEmbedding,
 )
 from keras_segformer.layers.layer_norm import LayerNorm
+from keras_segformer.ops.layer_call import DirectGraph
 
 
 def _serialize_dtype(dtype):
@@ -63,7 +64,7 @@ def _stages(x, cfg, *, drop_path_rate, layer_norm_epsilon, dtype, **dropouts):
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class MiTBackbone(keras.Model):
+class MiTBackbone(DirectGraph, keras.Model):
     """Hierarchical Mix Transformer encoder.
 
     Takes channels-last images and returns the four stage feature maps

@@ -14,6 +14,7 @@ from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.input_check import ImageInputChecks
 from keras_segformer.models.mit import MiTBackbone
 from keras_segformer.ops import default_jit_compile
+from keras_segformer.ops.layer_call import DirectGraph
 from keras_segformer.training.distribute import (
     num_replicas,
     synchronize_batch_norm,
@@ -121,7 +122,7 @@ def _check_label_size(y, y_pred, objectives):
     )
 
 
-class _TaskModel(ImageInputChecks, keras.Model):
+class _TaskModel(ImageInputChecks, DirectGraph, keras.Model):
     """Shared plumbing of the task models: labels, compile defaults and
     (de)serialization."""
 

@@ -4,17 +4,26 @@ Each op has a generic version written with ``keras.ops`` and, where one
 was measured faster, versions registered per backend and device kind
 (``_tensorflow.py``, ``_jax.py``, ``_torch.py``); see ``dispatch.py``.
 
-- ``nn``: dense, conv2d, depthwise_conv2d, gelu, layer_norm.
+- ``nn``: dense, conv2d, depthwise_conv2d, gelu, layer_norm,
+  kernel_and_bias, matmul, reshape.
 - ``attention``: scaled dot-product attention.
 - ``resize``: bilinear resize (PyTorch's ``align_corners=False``).
 - ``losses``: cross-entropy, argmax, banded upsampling.
 - ``checks``: the in-graph input size check.
+- ``inference``: ``no_autograd()``, the context of ``predict_on_batch``.
 
 ``use("generic")`` (a context manager) and the environment variable
 ``KERAS_SEGFORMER_OPS=generic`` put every op on its generic version.
 """
 
-from keras_segformer.ops import attention, checks, losses, nn, resize
+from keras_segformer.ops import (
+    attention,
+    checks,
+    inference,
+    losses,
+    nn,
+    resize,
+)
 from keras_segformer.ops.dispatch import (
     DEVICE_KINDS,
     ENV_VAR,
@@ -33,6 +42,7 @@ __all__ = [
     "checks",
     "default_jit_compile",
     "device_kind",
+    "inference",
     "losses",
     "mode",
     "nn",

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from keras import ops
 
 from keras_segformer.ops import attention as attention_ops
-from keras_segformer.ops import losses, nn
+from keras_segformer.ops import inference, losses, nn
 from keras_segformer.ops import resize as resize_ops
+from keras_segformer.ops.layer_call import keras_state
 
 _DTYPES = {
     "float16": torch.float16,
@@ -43,36 +44,95 @@ def _cast(x, dtype):
     return x if x.dtype == torch_dtype else x.to(torch_dtype)
 
 
-def _kernel_and_bias(layer):
-    """``nn.kernel_and_bias`` without ``keras.ops``."""
-    dtype = layer.compute_dtype
-    bias = _cast(layer.bias, dtype) if layer.use_bias else None
-    return _cast(layer.kernel, dtype), bias
+def _plain_reads():
+    """Whether a variable's value is its stored tensor: no stateless
+    scope (values held elsewhere) and no device scope (the symbolic
+    "meta" calls) is active."""
+    return keras_state("stateless_scope") is None and (
+        keras_state("torch_device") is None
+    )
 
 
-def _conv_nhwc(layer, x, weight, bias, **kwargs):
+def _weight(variable, dtype, plain):
+    """The variable's value in the torch ``dtype``, as the layer's own
+    call reads it (inside its own autocast scope: the compute dtype).
+
+    ``variable.value`` costs ~3 us per read (scope checks, autocast,
+    device lookup); where ``plain`` (``_plain_reads()``) it is the
+    stored tensor, read here directly."""
+    value = variable._value if plain else None
+    if value is None:
+        value = variable.value
+    return value if value.dtype == dtype else value.to(dtype)
+
+
+def _kernel_and_bias(layer, kernel=None):
+    """``nn.kernel_and_bias`` without ``keras.ops``, or None where the
+    layer's ``kernel`` property computes more than the variable (LoRA,
+    quantization) or its compute dtype is not a float: the generic op
+    runs then."""
+    dtype = _DTYPES.get(layer.compute_dtype)
+    if (
+        dtype is None
+        or getattr(layer, "lora_enabled", False)
+        or layer.quantization_mode is not None
+    ):
+        return None
+    plain = _plain_reads()
+    kernel = _weight(
+        kernel if kernel is not None else layer._kernel, dtype, plain
+    )
+    bias = _weight(layer.bias, dtype, plain) if layer.use_bias else None
+    return kernel, bias, dtype
+
+
+def _conv_nhwc(x, dtype, weight, bias, **kwargs):
     """``F.conv2d`` on the channels-last map through its NCHW
     ``channels_last`` view; the result is channels-last again, no copy."""
-    x = _cast(x, layer.compute_dtype).permute(0, 3, 1, 2)
+    x = (x if x.dtype == dtype else x.to(dtype)).permute(0, 3, 1, 2)
     return F.conv2d(x, weight, bias, **kwargs).permute(0, 2, 3, 1)
+
+
+@inference.no_autograd.register("torch", "cpu")
+def no_autograd():
+    return torch.inference_mode()
+
+
+@nn.kernel_and_bias.register("torch", "cpu")
+def kernel_and_bias(layer):
+    weights = _kernel_and_bias(layer)
+    if weights is None:
+        return nn.kernel_and_bias.generic(layer)
+    return weights[:2]
+
+
+@nn.matmul.register("torch", "cpu")
+def matmul(a, b):
+    if a.dtype != b.dtype:
+        return nn.matmul.generic(a, b)
+    return torch.matmul(a, b)
 
 
 @nn.dense.register("torch", "cpu")
 def dense(layer, x):
-    if layer.activation is not keras.activations.linear:
+    weights = _kernel_and_bias(layer)
+    if weights is None or layer.activation is not keras.activations.linear:
         return nn.dense.generic(layer, x)
-    kernel, bias = _kernel_and_bias(layer)
-    x = _cast(x, layer.compute_dtype)  # Keras' input autocast
+    kernel, bias, dtype = weights
+    x = x if x.dtype == dtype else x.to(dtype)  # Keras' input autocast
     return F.linear(x, kernel.T, bias)
 
 
 @nn.conv2d.register("torch", "cpu")
 def conv2d(layer, x, padding=0):
-    kernel, bias = _kernel_and_bias(layer)
+    weights = _kernel_and_bias(layer)
+    if weights is None:
+        return nn.conv2d.generic(layer, x, padding=padding)
+    kernel, bias, dtype = weights
     # (kh, kw, in, out) -> (out, in, kh, kw)
     return _conv_nhwc(
-        layer,
         x,
+        dtype,
         kernel.permute(3, 2, 0, 1),
         bias,
         stride=layer.strides,
@@ -82,11 +142,14 @@ def conv2d(layer, x, padding=0):
 
 @nn.depthwise_conv2d.register("torch", "cpu")
 def depthwise_conv2d(layer, x):
-    kernel, bias = _kernel_and_bias(layer)
+    weights = _kernel_and_bias(layer, layer.kernel)
+    if weights is None:
+        return nn.depthwise_conv2d.generic(layer, x)
+    kernel, bias, dtype = weights
     # (kh, kw, channels, 1) -> (channels, 1, kh, kw)
     return _conv_nhwc(
-        layer,
         x,
+        dtype,
         kernel.permute(2, 3, 0, 1),
         bias,
         padding=layer.kernel_size[0] // 2,
@@ -99,6 +162,10 @@ def gelu(x):
     return F.gelu(x)  # what ops.gelu(x, approximate=False) runs
 
 
+def _upcast(t, dtype):
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 @nn.layer_norm.register("torch", "cpu")
 def layer_norm(layer, x):
     """``keras.layers.LayerNormalization.call``: in at least float32,
@@ -107,11 +174,20 @@ def layer_norm(layer, x):
     if layer.rms_scaling or layer.axis not in (-1, [-1], len(x.shape) - 1):
         return nn.layer_norm.generic(layer, x)
     dtype = x.dtype
+    compute = _DTYPES.get(layer.compute_dtype)
+    if compute is None:
+        return nn.layer_norm.generic(layer, x)
     y = x.float() if dtype in (torch.float16, torch.bfloat16) else x
-    gamma = None if layer.gamma is None else layer.gamma.value.to(y.dtype)
-    beta = None if layer.beta is None else layer.beta.value.to(y.dtype)
-    y = F.layer_norm(y, (y.shape[-1],), gamma, beta, layer.epsilon)
-    return _cast(y.to(dtype), layer.compute_dtype)
+    # Keras reads gamma and beta in the compute dtype, then upcasts.
+    plain = _plain_reads()
+    gamma, beta = (
+        None if v is None else _upcast(_weight(v, compute, plain), y.dtype)
+        for v in (layer.gamma, layer.beta)
+    )
+    # torch.layer_norm: the kernel F.layer_norm calls, without its
+    # Python wrapper's checks
+    y = torch.layer_norm(y, (y.shape[-1],), gamma, beta, layer.epsilon)
+    return _upcast(_upcast(y, dtype), compute)
 
 
 @nn.reshape.register("torch", "cpu")

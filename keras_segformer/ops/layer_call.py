@@ -16,13 +16,22 @@ skip that work when it changes nothing:
   (or a list or tuple of them): no ``KerasTensor`` (functional graph
   construction and shape inference run Keras' path), no NumPy array;
 - the only keyword is ``training``; no activity regularizer, no
-  quantization, no rematerialization, no ``keras.distribution`` set.
+  quantization (nor a per-path ``DTypePolicyMap``), no
+  rematerialization, no ``keras.distribution`` set, and on PyTorch no
+  module hooks (the layer's or global ones).
 
 What the call keeps: float inputs are cast to the layer's input dtype
 (Keras' autocast of inputs), the autocast scope of a mixed-precision
 policy is entered as Keras enters it, and ``training``, when not passed,
 comes from the enclosing Keras call (or the ``call`` default), as Keras
 resolves it. Anything else goes to ``Layer.__call__`` unchanged.
+
+The functional models (``MiTBackbone``, ``SegFormer``, ``MiTClassifier``)
+take ``DirectGraph``: called on one tensor or NumPy array, they run their
+graph's layers in Keras' order from a plan made once per model, without
+``Layer.__call__`` and ``Functional._run_through_graph`` (tree maps per
+node). With both, a forward pass of a SegFormer on PyTorch makes no
+``Layer.__call__`` at all.
 
 The switch: environment variable ``KERAS_SEGFORMER_DIRECT_CALL`` (``1``
 or unset: on; ``0``: off, every call through Keras), read when
@@ -35,6 +44,8 @@ import contextlib
 import os
 
 import keras
+import numpy as np
+from keras import tree
 
 try:  # Keras internals (3.8+); without them every call goes through Keras
     from keras.src import backend
@@ -42,6 +53,14 @@ try:  # Keras internals (3.8+); without them every call goes through Keras
     from keras.src.backend.common.keras_tensor import KerasTensor
     from keras.src.backend.common.variables import AutocastScope
     from keras.src.distribution import distribution_lib
+    from keras.src.dtype_policies.dtype_policy_map import DTypePolicyMap
+
+    # The name of the distribution's entry in Keras' global state; the
+    # input dtype property of Layer.
+    _DISTRIBUTION = distribution_lib.GLOBAL_ATTRIBUTE_NAME
+    _LAYER_INPUT_DTYPE = keras.layers.Layer.input_dtype
+    # Keras layers are torch Modules there: their hooks need its __call__.
+    _ON_TORCH = backend.backend() == "torch"
 except ImportError:  # pragma: no cover (a Keras that moved them)
     backend = None
 
@@ -93,6 +112,14 @@ def direct_calls(enabled):
         _enabled = previous
 
 
+def keras_state(name):
+    """An entry of Keras' thread-local global state (None if unset), as
+    ``global_state.get_global_attribute(name)`` reads it, at a third of
+    the cost. The tracker is looked up on each call: ``clear_session``
+    replaces it."""
+    return getattr(global_state.GLOBAL_STATE_TRACKER, name, None)
+
+
 # Backend dtype -> Keras dtype name; standardize_dtype is slow per call.
 _dtype_names = {}
 
@@ -105,46 +132,46 @@ def _dtype_name(x):
     return name
 
 
-def _convert(layer, x):
-    """``x`` as Keras' input conversion leaves it, or None to fall back."""
+def _convert(layer, x, dtype):
+    """``x`` as Keras' input conversion leaves it (float inputs cast to
+    ``dtype``, the layer's input dtype), or None to fall back."""
     if isinstance(x, KerasTensor) or not backend.is_tensor(x):
         return None
     if layer.autocast:
         name = _dtype_name(x)
-        dtype = layer.input_dtype
         if name != dtype and backend.is_float_dtype(name):
             x = backend.cast(x, dtype)
     return x
 
 
-def _convert_args(layer, args):
+def _convert_args(layer, args, dtype):
     """The positional arguments converted, or None to fall back."""
     converted = []
     for arg in args:
         if isinstance(arg, (list, tuple)):
-            items = [_convert(layer, x) for x in arg]
+            items = [_convert(layer, x, dtype) for x in arg]
             if any(x is None for x in items):
                 return None
             converted.append(type(arg)(items))
         else:
-            arg = _convert(layer, arg)
+            arg = _convert(layer, arg, dtype)
             if arg is None:
                 return None
             converted.append(arg)
     return converted
 
 
-def _autocast_scope(layer):
+def _autocast_scope(layer, policy):
     """The autocast scope Keras enters around ``layer.call``, or None."""
-    compute = layer.compute_dtype
-    scope = backend.get_autocast_scope()
+    compute = policy.compute_dtype
+    scope = keras_state("autocast_scope")
     if scope is not None:
         if not layer.autocast or not backend.is_float_dtype(compute):
             return AutocastScope(None)
         if scope.dtype != compute:
             return AutocastScope(compute)
         return None
-    if compute != layer.variable_dtype:
+    if compute != policy.variable_dtype:
         return AutocastScope(compute)
     return None
 
@@ -155,7 +182,7 @@ def _resolve_training(layer, kwargs):
         return {}  # Keras drops it too (a Functional passes it to all)
     if "training" in kwargs:
         return kwargs
-    context = global_state.get_global_attribute("current_call_ctx")
+    context = keras_state("current_call_ctx")
     training = None if context is None else context.get_value("training")
     if training is None:
         parameter = layer._call_signature.parameters.get("training")
@@ -163,17 +190,67 @@ def _resolve_training(layer, kwargs):
     return kwargs if training is None else {"training": training}
 
 
-def _can_call_directly(layer, kwargs):
-    return (
-        _enabled
-        and backend is not None
-        and layer.built
-        and (not kwargs or kwargs.keys() == {"training"})
-        and layer.activity_regularizer is None
-        and not getattr(layer, "_remat_mode", None)
-        and getattr(layer, "quantization_mode", None) is None
-        and distribution_lib.distribution() is None
+_torch_module = None
+
+
+def _torch_hooks(layer):
+    """Whether ``torch.nn.Module.__call__`` would run hooks for ``layer``
+    (its own or global ones: the condition of torch's fast path)."""
+    global _torch_module
+    if _torch_module is None:
+        from torch.nn.modules import module as _torch_module
+    return bool(
+        layer._backward_hooks
+        or layer._backward_pre_hooks
+        or layer._forward_hooks
+        or layer._forward_pre_hooks
+        or _torch_module._global_backward_pre_hooks
+        or _torch_module._global_backward_hooks
+        or _torch_module._global_forward_hooks
+        or _torch_module._global_forward_pre_hooks
     )
+
+
+# Policy class -> whether it is a per-path DTypePolicyMap (an ABC: its
+# isinstance check is slow).
+_policy_maps = {}
+
+
+def _is_policy_map(policy):
+    cls = type(policy)
+    found = _policy_maps.get(cls)
+    if found is None:
+        found = _policy_maps[cls] = issubclass(cls, DTypePolicyMap)
+    return found
+
+
+def _direct_policy(layer, kwargs):
+    """The layer's dtype policy when this call may skip
+    ``Layer.__call__``, else None. (Per call: one policy read and plain
+    attribute reads, ~1 us; the Keras properties cost more.)"""
+    if not (_enabled and backend is not None and layer.built):
+        return None
+    if kwargs and kwargs.keys() != {"training"}:
+        return None
+    policy = layer._dtype_policy
+    if (
+        _is_policy_map(policy)  # per-path policies
+        or policy.quantization_mode is not None
+        or layer.activity_regularizer is not None
+        or getattr(layer, "_remat_mode", None)
+        or keras_state(_DISTRIBUTION) is not None
+        or (_ON_TORCH and _torch_hooks(layer))
+    ):
+        return None
+    return policy
+
+
+def _input_dtype(layer, policy):
+    """``layer.input_dtype`` (the compute dtype unless a class says
+    otherwise) without the property chain."""
+    if type(layer).input_dtype is _LAYER_INPUT_DTYPE:
+        return policy.compute_dtype
+    return layer.input_dtype
 
 
 class DirectCall:
@@ -185,11 +262,12 @@ class DirectCall:
     """
 
     def __call__(self, *args, **kwargs):
-        if _can_call_directly(self, kwargs):
-            converted = _convert_args(self, args)
+        policy = _direct_policy(self, kwargs)
+        if policy is not None:
+            converted = _convert_args(self, args, _input_dtype(self, policy))
             if converted is not None:
                 call_kwargs = _resolve_training(self, kwargs)
-                scope = _autocast_scope(self)
+                scope = _autocast_scope(self, policy)
                 if scope is None:
                     return self.call(*converted, **call_kwargs)
                 with scope:
@@ -205,3 +283,138 @@ class Dropout(DirectCall, keras.layers.Dropout):
 class BatchNormalization(DirectCall, keras.layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` with direct calls (same
     variables, numbers and default names)."""
+
+
+def _plain_input(x):
+    """A NumPy array or backend tensor (no ``KerasTensor``, no structure)."""
+    if isinstance(x, np.ndarray):
+        return True
+    return not isinstance(x, KerasTensor) and backend.is_tensor(x)
+
+
+def _argument_reader(arguments):
+    """A function ``values -> (args, kwargs)`` for a node's recorded
+    arguments: Keras' ``fill_in``, without its tree maps for the two
+    shapes this project's graphs record (one tensor; one list or tuple of
+    tensors, plus non-tensor keywords)."""
+    single = arguments._single_positional_tensor
+    if single is not None:
+        key = id(single)
+        return lambda values: ((values[key],), {})
+    args, kwargs = arguments.args, arguments.kwargs
+    if (
+        len(args) == 1
+        and isinstance(args[0], (list, tuple))
+        and all(isinstance(t, KerasTensor) for t in args[0])
+        and not any(isinstance(v, KerasTensor) for v in tree.flatten(kwargs))
+    ):
+        keys, kind = [id(t) for t in args[0]], type(args[0])
+        return lambda values: ((kind(values[k] for k in keys),), dict(kwargs))
+    return lambda values: arguments.fill_in(values)
+
+
+class _GraphPlan:
+    """A functional model's nodes in the order Keras runs them, with what
+    each needs: ``(operation, read arguments, output ids, takes
+    training)``.
+
+    Tensors are keyed by the ids of the model's ``KerasTensor``s, held in
+    closures: a deep copy of the model copies the operations and keeps
+    the ids, so the copy's plan stays consistent."""
+
+    def __init__(self, model):
+        self.steps = []
+        for depth in sorted(model._nodes_by_depth, reverse=True):
+            for node in model._nodes_by_depth[depth]:
+                operation = node.operation
+                if not operation or node.is_input:
+                    continue
+                self.steps.append(
+                    (
+                        operation,
+                        _argument_reader(node.arguments),
+                        [id(t) for t in node.outputs],
+                        "training" in operation._call_context_args,
+                    )
+                )
+        self.input_id = id(model.inputs[0])
+        self.output_ids = [id(t) for t in model.outputs]
+        struct = model._outputs_struct
+        if isinstance(struct, KerasTensor) or (
+            isinstance(struct, (list, tuple))
+            and all(isinstance(t, KerasTensor) for t in struct)
+        ):
+            # Functional.call's unpack_singleton, then the structure.
+            self.pack = (
+                (lambda outputs: outputs[0])
+                if len(self.output_ids) == 1
+                else type(struct)
+            )
+        else:
+            self.pack = lambda outputs: tree.pack_sequence_as(struct, outputs)
+
+
+class DirectGraph:
+    """Mixin for functional models: called on one backend tensor (or NumPy
+    array), run the graph's layers in Keras' order without
+    ``Layer.__call__`` and ``Functional._run_through_graph`` around them.
+
+    What ``Functional.call`` does and changes results is kept: the input
+    converted to the ``Input``'s dtype, ``training`` (when not None)
+    passed to every layer that takes it, the outputs in the model's
+    structure. Masks, other call-context arguments, several inputs, an
+    input of another rank, and everything ``DirectCall`` falls back on
+    go through Keras. Put it before ``keras.Model``.
+    """
+
+    def __call__(self, *args, **kwargs):
+        if "mask" in kwargs and kwargs["mask"] is None:
+            # A model called inside a functional graph is recorded with
+            # ``mask=None`` (Keras fills it in): no mask.
+            kwargs = {k: v for k, v in kwargs.items() if k != "mask"}
+        if (
+            len(args) == 1
+            and _plain_input(args[0])
+            and self._call_context_args == {"training"}
+        ):
+            policy = _direct_policy(self, kwargs)
+        else:
+            policy = None
+        if policy is not None:
+            call_kwargs = _resolve_training(self, kwargs)
+            scope = _autocast_scope(self, policy)
+            if scope is None:
+                return self.call(args[0], **call_kwargs)
+            with scope:
+                return self.call(args[0], **call_kwargs)
+        return super().__call__(*args, **kwargs)
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        if (
+            mask is not None
+            or kwargs
+            or not _enabled
+            or backend is None
+            or not _plain_input(inputs)
+            or len(self.inputs) != 1
+            or len(inputs.shape) != len(self.inputs[0].shape)
+        ):
+            return super().call(inputs, training=training, mask=mask, **kwargs)
+        plan = self.__dict__.get("_direct_graph_plan")
+        if plan is None:
+            plan = _GraphPlan(self)
+            # Not through Keras' __setattr__: no tracking, no saving.
+            object.__setattr__(self, "_direct_graph_plan", plan)
+        x = backend.convert_to_tensor(inputs, dtype=self.inputs[0].dtype)
+        values = {plan.input_id: x}
+        for operation, read, output_ids, takes_training in plan.steps:
+            args, call_kwargs = read(values)
+            if takes_training and training is not None:
+                call_kwargs["training"] = training
+            outputs = operation(*args, **call_kwargs)
+            if len(output_ids) == 1:
+                values[output_ids[0]] = outputs
+            else:
+                for ref, y in zip(output_ids, tree.flatten(outputs)):
+                    values[ref] = y
+        return plan.pack([values[ref] for ref in plan.output_ids])

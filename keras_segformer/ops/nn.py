@@ -1,5 +1,5 @@
-"""Projections, convolutions, GELU, layer norm and reshape: the generic
-versions.
+"""Projections, convolutions, GELU, layer norm, matmul and reshape: the
+generic versions.
 
 Each takes the Keras layer whose variables it uses (checkpoints, variable
 paths and weight loading do not change) and computes what calling that
@@ -12,6 +12,7 @@ from keras import ops
 from keras_segformer.ops.dispatch import op
 
 
+@op
 def kernel_and_bias(layer):
     """The layer's kernel and bias (or None) in its compute dtype."""
     dtype = layer.compute_dtype
@@ -54,6 +55,13 @@ def layer_norm(layer, x):
     """What ``keras.layers.LayerNormalization.call`` computes for
     ``layer`` (a subclass whose ``call`` dispatches here)."""
     return keras.layers.LayerNormalization.call(layer, x)
+
+
+@op
+def matmul(a, b):
+    """``ops.matmul(a, b)`` of two tensors of one float dtype (a PyTorch
+    fast version skips its per-call dtype and symbolic checks)."""
+    return ops.matmul(a, b)
 
 
 @op
