@@ -89,6 +89,13 @@ def _add_timing(parser):
         help="seconds of timed calls after which a figure stops (after 3)",
     )
     parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="time the overhead case's columns one after the other; by "
+        "default they run at once and take turns (benchmarks/turns.py), "
+        "so that a drifting CPU speed hits every column alike",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         help="threads per worker (OMP/MKL/TF intra-op env, torch); default: "

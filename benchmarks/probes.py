@@ -11,6 +11,8 @@ import sys
 import time
 import traceback
 
+from benchmarks.turns import BLOCK_S, Turns
+
 # Libraries whose absence makes a column "not installed" (not "error").
 PEER_PACKAGES = {"tensorflow", "jax", "torch", "transformers", "keras_hub"}
 
@@ -35,22 +37,28 @@ def summarize(times_s, warmup):
     }
 
 
-def time_calls(fn, *, warmup, repeats, min_repeats, budget_s):
+def time_calls(fn, *, warmup, repeats, min_repeats, budget_s, turns=None):
     """Time ``fn()``: ``warmup`` untimed calls, then between
-    ``min_repeats`` and ``repeats`` timed calls, stopping once
-    ``budget_s`` seconds of timed calls have gone by."""
+    ``min_repeats`` and ``repeats`` timed calls, stopping once the timed
+    calls have taken ``budget_s`` seconds. With ``turns``
+    (``benchmarks.turns.Turns``, held on entry and on return), the baton
+    is passed on after each block of ~``turns.BLOCK_S`` seconds."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
     warmup_s = time.perf_counter() - t0
     times = []
-    start = time.perf_counter()
+    block_start = time.perf_counter()
     while len(times) < repeats:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-        if len(times) >= min_repeats and time.perf_counter() - start > budget_s:
+        if len(times) >= min_repeats and sum(times) > budget_s:
             break
+        if turns is not None and t0 - block_start > BLOCK_S:
+            turns.pass_on()
+            turns.wait()
+            block_start = time.perf_counter()
     return {**summarize(times, warmup), "warmup_s": warmup_s}
 
 
@@ -60,6 +68,7 @@ def timing(spec):
         "repeats": spec["repeats"],
         "min_repeats": min(3, spec["repeats"]),
         "budget_s": spec["budget_s"],
+        "turns": Turns.from_spec(spec),
     }
 
 

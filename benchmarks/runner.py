@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks import outputs, report
+from benchmarks import outputs, report, turns
 from benchmarks.cases import (
     BACKENDS,
     DEFAULT_IMPLS,
@@ -80,6 +80,15 @@ class WorkerRunner:
                 env[key] = str(self.threads)
         return env
 
+    def _streams(self, backend, log):
+        """A worker's environment, output to ``log``, no input."""
+        return {
+            "env": self._env(backend),
+            "stdout": log,
+            "stderr": subprocess.STDOUT,
+            "stdin": subprocess.DEVNULL,
+        }
+
     def _result(self, code, spec, log_path):
         if code is None:
             return {
@@ -95,9 +104,7 @@ class WorkerRunner:
             f"log tail: {_tail(log_path)}",
         }
 
-    def run(self, spec, label, backend="torch"):
-        """Run ``spec`` in a worker; return its result dict (never raises
-        for a failing worker)."""
+    def _prepare(self, spec, label):
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
         spec = {
             **spec,
@@ -111,25 +118,67 @@ class WorkerRunner:
             os.remove(spec["result"])
         log_path = os.path.join(self.log_dir, stem + ".log")
         command = [sys.executable, "-c", _WORKER_BOOT, ROOT, json.dumps(spec)]
-        start = time.monotonic()
-        with open(log_path, "w") as log:
-            try:
-                code = subprocess.run(
-                    command,
-                    env=self._env(backend),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    timeout=self.timeout_s,
-                    check=False,
-                ).returncode
-            except subprocess.TimeoutExpired:
-                code = None
+        return spec, log_path, command
+
+    def _finish(self, code, spec, log_path, start):
         result = self._result(code, spec, log_path)
         result["wall_s"] = round(time.monotonic() - start, 1)
         result["log"] = os.path.relpath(log_path, os.path.dirname(self.log_dir))
         self.done += 1
         return result
+
+    def run(self, spec, label, backend="torch"):
+        """Run ``spec`` in a worker; return its result dict (never raises
+        for a failing worker)."""
+        spec, log_path, command = self._prepare(spec, label)
+        start = time.monotonic()
+        with open(log_path, "w") as log:
+            try:
+                code = subprocess.run(
+                    command,
+                    **self._streams(backend, log),
+                    timeout=self.timeout_s,
+                    check=False,
+                ).returncode
+            except subprocess.TimeoutExpired:
+                code = None
+        return self._finish(code, spec, log_path, start)
+
+    def run_together(self, jobs):
+        """Run ``jobs`` (``(spec, label, backend)`` each) in workers started
+        at once that take turns on the machine (``benchmarks/turns.py``);
+        return their results in order. The time limit is ``--timeout``
+        per worker, for all of them together."""
+        baton = os.path.join(self.log_dir, "turns.json")
+        turns.create(baton, len(jobs))
+        running = []
+        start = time.monotonic()
+        for index, (spec, label, backend) in enumerate(jobs):
+            spec = {**spec, "turns": {"path": baton, "index": index}}
+            spec, log_path, command = self._prepare(spec, label)
+            log = open(log_path, "w")
+            process = subprocess.Popen(command, **self._streams(backend, log))
+            running.append((index, process, log, spec, log_path))
+        deadline = start + self.timeout_s * len(jobs)
+        codes = {}
+        while len(codes) < len(running):
+            for index, process, log, _, _ in running:
+                if index in codes:
+                    continue
+                code = process.poll()
+                if code is None and time.monotonic() > deadline:
+                    process.kill()
+                    process.wait()
+                elif code is None:
+                    continue
+                log.close()
+                codes[index] = code
+                turns.leave(baton, index)  # a dead worker gives up its turn
+            time.sleep(0.05)
+        return [
+            self._finish(codes[index], spec, log_path, start)
+            for index, _, _, spec, log_path in running
+        ]
 
     def progress(self, text):
         print(f"[{self.done:>2}/{self.total}] {text}", flush=True)
@@ -265,6 +314,49 @@ class Benchmark:
         self._report(final=False)
         return result
 
+    def _interleaved(self, case, order):
+        """The columns of ``case`` that take turns (``benchmarks/turns.py``):
+        on the CPU overhead case, those whose backend is fixed (an "auto"
+        column is chosen by measuring, one at a time), unless
+        ``--sequential``."""
+        if (
+            not case.overhead
+            or self.device != "cpu"
+            or getattr(self.args, "sequential", False)
+        ):
+            return []
+        columns = [
+            c
+            for c in order
+            if c.backend is not None and not (c.bf16 and self.skip_bf16)
+        ]
+        return columns if len(columns) > 1 else []
+
+    def _run_together(self, columns, case):
+        names = [
+            dataclasses.replace(c, backend=c.backend).name for c in columns
+        ]
+        jobs = [
+            (
+                self._model_spec(c, c.backend, case),
+                f"{name}__{case.name}",
+                c.backend,
+            )
+            for c, name in zip(columns, names)
+        ]
+        self.runner.progress(
+            f"{case.name}: {len(jobs)} columns taking turns "
+            "(interleaved timing)"
+        )
+        for column, name, result in zip(
+            columns, names, self.runner.run_together(jobs)
+        ):
+            self._keep(result, column, column.backend, case)
+            self.runner.progress(
+                f"{name:<22} {case.name:<22} {describe(result)}"
+            )
+        self._report(final=False)
+
     def _skip_bf16(self, column, case):
         """A bf16 cell on a CPU without bf16 units: no worker, no figure."""
         result = {
@@ -397,7 +489,12 @@ class Benchmark:
             c for c in self.columns if c.bf16
         ]
         for case in self.cases:
+            together = self._interleaved(case, order)
+            if together:
+                self._run_together(together, case)
             for column in order:
+                if column in together:
+                    continue
                 if column.bf16 and self.skip_bf16:
                     self._skip_bf16(column, case)
                 elif column.backend is None and column.kind == "keras-hub":

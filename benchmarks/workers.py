@@ -19,6 +19,7 @@ from benchmarks.cases import (
     random_labels,
     smooth_images,
 )
+from benchmarks.turns import Turns
 
 
 def build_ours(config, case, num_classes, dtype=None):
@@ -303,11 +304,18 @@ def worker_main(spec):
     from benchmarks.reference import reference_job
 
     jobs = {"model": model_job, "reference": reference_job}
+    turns = Turns.from_spec(spec)
+    if turns is not None:
+        turns.wait()  # the worker runs only while it holds the baton
     try:
         out = jobs[spec["job"]](spec)
         out["status"] = "ok"
+        out["interleaved"] = turns is not None
     except Exception as e:
         out = probes.failure(e)
+    finally:
+        if turns is not None:
+            turns.leave()
     path = spec["result"]
     with open(path + ".tmp", "w") as f:
         json.dump(out, f, indent=1)

@@ -9,6 +9,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from conftest import BACKEND
@@ -17,7 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # benchmarks/ is not installed with the package
     sys.path.insert(0, ROOT)
 
-from benchmarks import cases, cli, machine, outputs, probes  # noqa: E402
+from benchmarks import (  # noqa: E402
+    cases,
+    cli,
+    machine,
+    outputs,
+    probes,
+    turns,
+)
 from benchmarks.report import primary_figure  # noqa: E402
 from benchmarks.runner import Benchmark  # noqa: E402
 
@@ -184,6 +193,10 @@ def test_overhead_case(quick_run):
         )
         for impl in (OURS, "transformers")
     )
+    # The two columns ran at once, taking turns (benchmarks/turns.py).
+    assert ours["interleaved"] and theirs["interleaved"]
+    smoke_cells = [r for r in report["results"] if r["case"] != OVERHEAD]
+    assert smoke_cells and not any(r.get("interleaved") for r in smoke_cells)
     assert list(ours["figures"]) == ["predict_on_batch", "call", "predict"]
     assert ours["headline"] == "predict_on_batch"
     assert ours["call_vs_transformers"] > 0
@@ -423,6 +436,41 @@ def test_failures_are_reported_not_raised():
     assert probes.short_error(message) == (
         "Image height 16 is too small Arguments"
     )
+
+
+def _take_turns(path, index, log, rounds):
+    baton = turns.Turns(path, index)
+    baton.wait()
+    for _ in range(rounds):
+        log.append(("start", index))
+        time.sleep(0.01)
+        log.append(("end", index))
+        baton.pass_on()
+        baton.wait()
+    baton.leave()
+
+
+def test_turns_alternate_and_a_missing_worker_is_skipped(tmp_path):
+    path = str(tmp_path / "turns.json")
+    turns.create(path, 3)
+    log = []
+    threads = [
+        threading.Thread(target=_take_turns, args=(path, i, log, 3))
+        for i in (0, 2)
+    ]
+    for thread in threads:
+        thread.start()
+    # Worker 1 never comes (it crashed): the runner takes it out.
+    time.sleep(0.2)
+    assert log == [("start", 0), ("end", 0)]  # 0 passed to 1, waiting
+    turns.leave(path, 1)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    # One block at a time, in rotation 0, 2, 0, 2, ...
+    assert log == [(e, i) for i in (0, 2, 0, 2, 0, 2) for e in ("start", "end")]
+    with open(path) as f:
+        assert json.load(f) == {"turn": None, "active": []}
 
 
 def test_parse_case_and_columns():
