@@ -5,7 +5,7 @@ On a shared machine the speed of the CPU drifts by +-30% over seconds
 separate processes compare different moments. For the overhead case,
 where the figures are a few milliseconds, the runner starts every column's
 worker at once and they pass a baton: only the holder runs (setup, warm-up
-and a block of ~50 ms of timed calls), then hands it to the next worker
+and a block of ~0.2 s of timed calls), then hands it to the next worker
 in the rotation. The others sleep, polling the baton file. So each
 column's calls are spread over the same minutes as its peers'.
 
@@ -21,11 +21,11 @@ import json
 import os
 import time
 
-# Seconds between two looks at the baton while waiting (a syscall and a
-# tiny read: ~20 us of CPU per look).
-POLL_S = 0.002
+# Seconds between two looks at the baton while waiting (a few syscalls and a
+# tiny read: ~50 us of CPU per look, 0.5% of a core).
+POLL_S = 0.01
 # Timed calls run in blocks of about this many seconds per turn.
-BLOCK_S = 0.05
+BLOCK_S = 0.2
 
 
 @contextlib.contextmanager
@@ -38,6 +38,7 @@ def _locked(path):
             f.seek(0)
             f.truncate()
             json.dump(state, f)
+            f.flush()  # on disk before the lock goes: readers see it all
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 

@@ -280,6 +280,26 @@ def test_kernel_and_bias():
     )
 
 
+def test_batch_norm_at_inference():
+    layer = _built(
+        keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+        (2, 5, 7, 6),
+    )
+    layer.moving_variance.assign(np.abs(_randn(6, seed=3)) + 0.5)
+    _assert_close(
+        *_both(
+            nn.batch_norm,
+            lambda f, x: f(layer, x, training=False),
+            [_randn(2, 5, 7, 6) * 2 + 1],
+            layer.trainable_variables,
+        )
+    )
+
+
+def test_relu():
+    _assert_close(*_both(nn.relu, lambda f, x: f(x), [_randn(3, 50)]))
+
+
 def test_matmul():
     _assert_close(
         *_both(

@@ -69,6 +69,6 @@ class SegFormerHead(BaseDecodeHead):
             ops.shape(features[0])[1:3],
             (scale(i, *each) for i, each in enumerate(layers)),
         )
-        x = ops.relu(self.batch_norm(x, training=training))
+        x = nn.relu(nn.batch_norm(self.batch_norm, x, training))
         x = drop(self.dropout, x, training)
         return nn.dense(self.classifier, x)

@@ -4,7 +4,7 @@ import keras
 
 from keras_segformer.ops.checks import assert_image_size
 from keras_segformer.ops.inference import no_autograd
-from keras_segformer.ops.layer_call import DirectCall
+from keras_segformer.ops.layer_call import DirectCall, dtype_name
 
 
 def check_image_shape(shape, min_size, channels=None):
@@ -52,11 +52,12 @@ def check_pixel_dtype(inputs, include_preprocessing):
         inputs: the model input (tensor, array, or a structure of them).
         include_preprocessing: bool. Whether the model normalizes itself.
     """
-    for x in keras.tree.flatten(inputs):
+    single = getattr(inputs, "dtype", None) is not None  # one array
+    for x in (inputs,) if single else keras.tree.flatten(inputs):
         dtype = getattr(x, "dtype", None)
         if dtype is None:
             continue
-        dtype = keras.backend.standardize_dtype(dtype)
+        dtype = dtype_name(dtype)
         if dtype == "bool" or not (include_preprocessing or "float" in dtype):
             raise TypeError(
                 f"Images of dtype {dtype} cannot be fed to this model: it "

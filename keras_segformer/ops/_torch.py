@@ -19,11 +19,14 @@ import keras
 import torch
 import torch.nn.functional as F
 from keras import ops
+from keras.src.backend.common import global_state
 
 from keras_segformer.ops import attention as attention_ops
 from keras_segformer.ops import inference, losses, nn
 from keras_segformer.ops import resize as resize_ops
-from keras_segformer.ops.layer_call import keras_state
+from keras_segformer.ops.layer_call import plain_policy
+
+_LINEAR = keras.activations.linear
 
 _DTYPES = {
     "float16": torch.float16,
@@ -48,8 +51,9 @@ def _plain_reads():
     """Whether a variable's value is its stored tensor: no stateless
     scope (values held elsewhere) and no device scope (the symbolic
     "meta" calls) is active."""
-    return keras_state("stateless_scope") is None and (
-        keras_state("torch_device") is None
+    state = global_state.GLOBAL_STATE_TRACKER  # see layer_call.keras_state
+    return getattr(state, "stateless_scope", None) is None and (
+        getattr(state, "torch_device", None) is None
     )
 
 
@@ -71,12 +75,15 @@ def _kernel_and_bias(layer, kernel=None):
     layer's ``kernel`` property computes more than the variable (LoRA,
     quantization) or its compute dtype is not a float: the generic op
     runs then."""
-    dtype = _DTYPES.get(layer.compute_dtype)
+    policy = plain_policy(layer)
     if (
-        dtype is None
+        policy is None
+        or policy.quantization_mode is not None
         or getattr(layer, "lora_enabled", False)
-        or layer.quantization_mode is not None
     ):
+        return None
+    dtype = _DTYPES.get(policy.compute_dtype)
+    if dtype is None:
         return None
     plain = _plain_reads()
     kernel = _weight(
@@ -116,7 +123,7 @@ def matmul(a, b):
 @nn.dense.register("torch", "cpu")
 def dense(layer, x):
     weights = _kernel_and_bias(layer)
-    if weights is None or layer.activation is not keras.activations.linear:
+    if weights is None or layer.activation is not _LINEAR:
         return nn.dense.generic(layer, x)
     kernel, bias, dtype = weights
     x = x if x.dtype == dtype else x.to(dtype)  # Keras' input autocast
@@ -174,7 +181,8 @@ def layer_norm(layer, x):
     if layer.rms_scaling or layer.axis not in (-1, [-1], len(x.shape) - 1):
         return nn.layer_norm.generic(layer, x)
     dtype = x.dtype
-    compute = _DTYPES.get(layer.compute_dtype)
+    policy = plain_policy(layer)
+    compute = None if policy is None else _DTYPES.get(policy.compute_dtype)
     if compute is None:
         return nn.layer_norm.generic(layer, x)
     y = x.float() if dtype in (torch.float16, torch.bfloat16) else x
@@ -188,6 +196,44 @@ def layer_norm(layer, x):
     # Python wrapper's checks
     y = torch.layer_norm(y, (y.shape[-1],), gamma, beta, layer.epsilon)
     return _upcast(_upcast(y, dtype), compute)
+
+
+@nn.batch_norm.register("torch", "cpu")
+def batch_norm(layer, x, training=None):
+    """``keras.layers.BatchNormalization.call`` at inference
+    (``training=False``; anything else runs the layer): in at least
+    float32, ``(x - mean) * (rsqrt(var + eps) * gamma) + beta`` with the
+    moving statistics, as Keras' PyTorch ``batch_normalization`` writes
+    it, then the compute dtype."""
+    policy = plain_policy(layer)
+    if (
+        training is not False
+        or policy is None
+        or layer.axis not in (-1, len(x.shape) - 1)
+        or layer.renorm
+        or not (layer.scale and layer.center)
+    ):
+        return nn.batch_norm.generic(layer, x, training=training)
+    compute = _DTYPES.get(policy.compute_dtype)
+    y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    plain = _plain_reads()
+    # gamma and beta autocast to the compute dtype (Keras reads them inside
+    # the layer's scope); the moving statistics do not.
+    gamma, beta = (
+        _upcast(_weight(v, compute, plain), y.dtype)
+        for v in (layer.gamma, layer.beta)
+    )
+    mean, variance = (
+        _weight(v, y.dtype, plain)
+        for v in (layer.moving_mean, layer.moving_variance)
+    )
+    y = y.sub(mean).mul_(variance.add(layer.epsilon).rsqrt_().mul(gamma))
+    return _upcast(y.add_(beta), compute)
+
+
+@nn.relu.register("torch", "cpu")
+def relu(x):
+    return torch.relu(x)  # what ops.relu runs
 
 
 @nn.reshape.register("torch", "cpu")

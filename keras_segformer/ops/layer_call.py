@@ -124,11 +124,13 @@ def keras_state(name):
 _dtype_names = {}
 
 
-def _dtype_name(x):
-    dtype = x.dtype
+def dtype_name(dtype):
+    """``keras.backend.standardize_dtype(dtype)``, cached per dtype (a
+    backend or NumPy dtype): the Keras function costs microseconds per
+    call."""
     name = _dtype_names.get(dtype)
     if name is None:
-        name = _dtype_names[dtype] = backend.standardize_dtype(dtype)
+        name = _dtype_names[dtype] = keras.backend.standardize_dtype(dtype)
     return name
 
 
@@ -138,7 +140,7 @@ def _convert(layer, x, dtype):
     if isinstance(x, KerasTensor) or not backend.is_tensor(x):
         return None
     if layer.autocast:
-        name = _dtype_name(x)
+        name = dtype_name(x.dtype)
         if name != dtype and backend.is_float_dtype(name):
             x = backend.cast(x, dtype)
     return x
@@ -224,6 +226,14 @@ def _is_policy_map(policy):
     return found
 
 
+def plain_policy(layer):
+    """The layer's dtype policy, or None for a per-path
+    ``DTypePolicyMap``: ``policy.compute_dtype`` is then what
+    ``layer.compute_dtype`` reads, without the property's ABC check."""
+    policy = layer._dtype_policy
+    return None if _is_policy_map(policy) else policy
+
+
 def _direct_policy(layer, kwargs):
     """The layer's dtype policy when this call may skip
     ``Layer.__call__``, else None. (Per call: one policy read and plain
@@ -232,9 +242,9 @@ def _direct_policy(layer, kwargs):
         return None
     if kwargs and kwargs.keys() != {"training"}:
         return None
-    policy = layer._dtype_policy
+    policy = plain_policy(layer)
     if (
-        _is_policy_map(policy)  # per-path policies
+        policy is None  # per-path policies
         or policy.quantization_mode is not None
         or layer.activity_regularizer is not None
         or getattr(layer, "_remat_mode", None)

@@ -1,5 +1,5 @@
-"""Projections, convolutions, GELU, layer norm, matmul and reshape: the
-generic versions.
+"""Projections, convolutions, GELU, ReLU, layer and batch norm, matmul and
+reshape: the generic versions.
 
 Each takes the Keras layer whose variables it uses (checkpoints, variable
 paths and weight loading do not change) and computes what calling that
@@ -55,6 +55,19 @@ def layer_norm(layer, x):
     """What ``keras.layers.LayerNormalization.call`` computes for
     ``layer`` (a subclass whose ``call`` dispatches here)."""
     return keras.layers.LayerNormalization.call(layer, x)
+
+
+@op
+def batch_norm(layer, x, training=None):
+    """``layer(x, training=training)`` for a
+    ``keras.layers.BatchNormalization`` over the last axis."""
+    return layer(x, training=training)
+
+
+@op
+def relu(x):
+    """``ops.relu(x)``."""
+    return ops.relu(x)
 
 
 @op
