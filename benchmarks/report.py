@@ -187,7 +187,13 @@ def _timing_notes(bench):
         "16/32/40/64, decoder 32): the headline of a Keras column is "
         "predict_on_batch(x); model(x) = the eager call model(x, "
         "training=False) on a backend tensor (torch.no_grad on PyTorch), "
-        "logits to host; transformers: its eager forward, as elsewhere.",
+        "logits to host; transformers: its eager forward, as elsewhere. "
+        + (
+            "Their columns ran at once, taking turns of ~0.2 s on the "
+            "machine (interleaved timing, benchmarks/turns.py)."
+            if any(r.get("interleaved") for r in bench.results)
+            else "Their columns ran one after the other."
+        ),
         "time vs transformers = column median / transformers median "
         "(x0.50 = half the time, twice as fast); a bf16 column is compared "
         "with transformers-bf16 where that ran (marked (bf16)).",

@@ -216,6 +216,7 @@ def test_overhead_case(quick_run):
     assert theirs_cell == "-"
     markdown = (out / "benchmark.md").read_text()
     assert "model(x) " in markdown
+    assert "interleaved timing" in (out / "benchmark.txt").read_text()
 
 
 def test_quick_run_table(quick_run):
