@@ -1,5 +1,5 @@
 """The per-column jobs. Each runs in a fresh process that
-``runner.WorkerRunner`` starts with ``KERAS_BACKEND`` set for it, and
+``processes.WorkerRunner`` starts with ``KERAS_BACKEND`` set for it, and
 imports only what its column needs: the transformers worker never
 imports Keras. ``worker_main`` writes the job's result (JSON)."""
 
