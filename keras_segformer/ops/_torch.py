@@ -36,17 +36,6 @@ _DTYPES = {
 }
 
 
-def _cast(x, dtype):
-    """``ops.cast(x, dtype)`` for a float tensor or ``keras.Variable``
-    (its ``value``, autocast included) and a float dtype name."""
-    torch_dtype = _DTYPES.get(dtype)
-    if torch_dtype is None:
-        return ops.cast(x, dtype)
-    if isinstance(x, keras.Variable):
-        x = x.value
-    return x if x.dtype == torch_dtype else x.to(torch_dtype)
-
-
 def _plain_reads():
     """Whether a variable's value is its stored tensor: no stateless
     scope (values held elsewhere) and no device scope (the symbolic
