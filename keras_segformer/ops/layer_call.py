@@ -263,6 +263,17 @@ def _input_dtype(layer, policy):
     return layer.input_dtype
 
 
+def _call(layer, policy, args, kwargs):
+    """``layer.call(*args)`` with ``training`` resolved and the autocast
+    scope Keras would enter (the direct path of both mixins)."""
+    call_kwargs = _resolve_training(layer, kwargs)
+    scope = _autocast_scope(layer, policy)
+    if scope is None:
+        return layer.call(*args, **call_kwargs)
+    with scope:
+        return layer.call(*args, **call_kwargs)
+
+
 class DirectCall:
     """Mixin: a built layer on backend tensors runs ``call`` directly.
 
@@ -276,12 +287,7 @@ class DirectCall:
         if policy is not None:
             converted = _convert_args(self, args, _input_dtype(self, policy))
             if converted is not None:
-                call_kwargs = _resolve_training(self, kwargs)
-                scope = _autocast_scope(self, policy)
-                if scope is None:
-                    return self.call(*converted, **call_kwargs)
-                with scope:
-                    return self.call(*converted, **call_kwargs)
+                return _call(self, policy, converted, kwargs)
         return super().__call__(*args, **kwargs)
 
 
@@ -391,12 +397,7 @@ class DirectGraph:
         else:
             policy = None
         if policy is not None:
-            call_kwargs = _resolve_training(self, kwargs)
-            scope = _autocast_scope(self, policy)
-            if scope is None:
-                return self.call(args[0], **call_kwargs)
-            with scope:
-                return self.call(args[0], **call_kwargs)
+            return _call(self, policy, args, kwargs)
         return super().__call__(*args, **kwargs)
 
     def call(self, inputs, training=None, mask=None, **kwargs):
