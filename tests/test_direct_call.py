@@ -93,6 +93,9 @@ def _np(x):
 
 def test_models_run_their_graph_as_keras_does():
     model = tiny_segformer(num_classes=4)
+    # Op by op: the compiled calls of repeated shapes have their own tests
+    # (test_compiled_calls.py).
+    model.run_eagerly = model.backbone.run_eagerly = True
     x = _images(batch=1, size=45)
     # NumPy in float32 and float64 (converted to the Input's float32 as
     # Keras converts it), a backend tensor.

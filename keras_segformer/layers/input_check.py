@@ -91,7 +91,7 @@ class ImageInputChecks:
             check_image_shape(shape, self.backbone.min_input_size)
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
-    def predict_on_batch(self, x):
+    def _check_batch(self, x):
         shape = getattr(x, "shape", None)
         if shape is not None:
             check_pixel_dtype(x, self.backbone.include_preprocessing)
@@ -100,6 +100,9 @@ class ImageInputChecks:
                 self.backbone.min_input_size,
                 self.backbone.image_shape[-1],
             )
+
+    def predict_on_batch(self, x):
+        self._check_batch(x)
         with no_autograd():
             return super().predict_on_batch(x)
 

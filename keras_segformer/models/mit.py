@@ -13,6 +13,7 @@ from keras_segformer.layers import (
     MiTBlock,
     OverlappingPatchEmbedding,
 )
+from keras_segformer.layers.input_check import check_image_shape
 from keras_segformer.layers.layer_norm import LayerNorm
 from keras_segformer.ops.layer_call import DirectGraph
 
@@ -170,6 +171,9 @@ class MiTBackbone(DirectGraph, keras.Model):
         self.include_preprocessing = include_preprocessing
         self.min_input_size = min_size
         self.layer_dtype = dtype
+
+    def _check_batch(self, x):
+        check_image_shape(x.shape, self.min_input_size, self.image_shape[-1])
 
     @property
     def num_stages(self):

@@ -8,11 +8,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import keras
 import numpy as np
 from keras import ops
 
 from keras_segformer.ops import attention as attention_ops
-from keras_segformer.ops import losses, nn, resize
+from keras_segformer.ops import inference, losses, nn, resize
 
 
 def shifted_sum(padded, kernel, height, width):
@@ -345,3 +346,26 @@ def banded(logits, height, width, band, score, labels=None, recompute=False):
     out = jax.lax.map(jax.checkpoint(one_band) if recompute else one_band, xs)
     out = jnp.moveaxis(out, 0, 1)
     return out.reshape(out.shape[0], padded, *out.shape[3:])[:, :height]
+
+
+@inference.is_eager_value.register("jax", "cpu")
+def is_eager_value(x):
+    """A NumPy array or a concrete ``jax.Array`` (not a tracer of
+    ``jax.jit``, ``jax.grad`` or ``vmap``)."""
+    return isinstance(x, np.ndarray) or (
+        isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+    )
+
+
+@inference.compiled_forward.register("jax", "cpu")
+def compiled_forward(model, example, variables):
+    """``jax.jit`` of the inference call in a ``keras.StatelessScope`` (as
+    ``stateless_call`` runs it), the variables' current values passed on
+    each call, as Keras' predict step does."""
+
+    def forward(values, x):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return model(x, training=False)
+
+    jitted = jax.jit(forward)
+    return lambda x: jitted([v.value for v in variables], x)

@@ -5,11 +5,12 @@ The Keras layers already map to fused oneDNN kernels, so dense and the
 convolutions need nothing here.
 """
 
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keras_segformer.ops import attention as attention_ops
-from keras_segformer.ops import checks, losses, resize
+from keras_segformer.ops import checks, inference, losses, resize
 from keras_segformer.ops.dispatch import DEVICE_KINDS
 
 
@@ -88,3 +89,30 @@ def assert_image_size(x, min_size, unknown):
         guard = tf.slice(x, [0, min_size - 1, min_size - 1, 0], [1, 1, 1, -1])
     with tf.control_dependencies([guard]):
         return tf.identity(x)
+
+
+@inference.is_eager_value.register("tensorflow", "cpu")
+def is_eager_value(x):
+    """Eager execution (no ``tf.function`` being traced), outside a
+    ``tf.distribute`` strategy, on a NumPy array or eager tensor."""
+    return (
+        tf.executing_eagerly()
+        and isinstance(x, (np.ndarray, tf.Tensor))
+        and not tf.distribute.has_strategy()
+    )
+
+
+@inference.compiled_forward.register("tensorflow", "cpu")
+def compiled_forward(model, example, variables):
+    """A ``tf.function`` traced once for every batch and size: the input
+    signature fixes only the rank, channels and dtype. The graph reads
+    ``variables`` by reference: their current values."""
+    shape = (None,) * (len(example.shape) - 1) + (example.shape[-1],)
+    spec = tf.TensorSpec(shape, tf.as_dtype(example.dtype))
+    fn = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[spec],
+        autograph=False,
+    )
+    fn.any_shape = True  # a new size runs it at once (no new trace)
+    return fn

@@ -47,6 +47,8 @@ import keras
 import numpy as np
 from keras import tree
 
+from keras_segformer.ops import dispatch, inference
+
 try:  # Keras internals (3.8+); without them every call goes through Keras
     from keras.src import backend
     from keras.src.backend.common import global_state
@@ -329,6 +331,11 @@ def _argument_reader(arguments):
     return lambda values: arguments.fill_in(values)
 
 
+# How many DirectGraph calls are running their plan (their layers see no
+# Keras call context; a model among them is not compiled on its own).
+_graph_depth = 0
+
+
 class _GraphPlan:
     """A functional model's nodes in the order Keras runs them, with what
     each needs: ``(operation, read arguments, output ids, takes
@@ -397,8 +404,40 @@ class DirectGraph:
         else:
             policy = None
         if policy is not None:
+            outputs = self._compiled_call(args[0], kwargs)
+            if outputs is not None:
+                return outputs
             return _call(self, policy, args, kwargs)
         return super().__call__(*args, **kwargs)
+
+    def _compiled_call(self, x, kwargs):
+        """The outputs of this eager inference call run compiled, or None
+        (see ``keras_segformer.ops.inference.CompiledCalls``): not for
+        ``training=True``, a call inside another Keras call or a stateless
+        scope, a model set to ``run_eagerly``, or traced values."""
+        if (
+            kwargs.get("training")
+            or _graph_depth  # a model inside a model's direct call
+            or getattr(self, "_run_eagerly", False)
+            or keras_state("current_call_ctx") is not None
+            or keras_state("stateless_scope") is not None
+            or not inference.is_eager_value(x)
+        ):
+            return None
+        calls = self.__dict__.get("_compiled_calls")
+        if calls is None or calls.owner != id(self):
+            calls = inference.CompiledCalls(id(self))
+            object.__setattr__(self, "_compiled_calls", calls)
+        fn = calls.function(self, x, dispatch.mode(), dtype_name(x.dtype))
+        if fn is None:
+            return None
+        self._check_batch(x)
+        return fn(x)
+
+    def _check_batch(self, x):
+        """Raise for an input the compiled call must not get (its checks
+        in the graph see unknown sizes on TensorFlow); the task models
+        and the backbone check the image shape."""
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         if (
@@ -418,14 +457,19 @@ class DirectGraph:
             object.__setattr__(self, "_direct_graph_plan", plan)
         x = backend.convert_to_tensor(inputs, dtype=self.inputs[0].dtype)
         values = {plan.input_id: x}
-        for operation, read, output_ids, takes_training in plan.steps:
-            args, call_kwargs = read(values)
-            if takes_training and training is not None:
-                call_kwargs["training"] = training
-            outputs = operation(*args, **call_kwargs)
-            if len(output_ids) == 1:
-                values[output_ids[0]] = outputs
-            else:
-                for ref, y in zip(output_ids, tree.flatten(outputs)):
-                    values[ref] = y
+        global _graph_depth
+        _graph_depth += 1
+        try:
+            for operation, read, output_ids, takes_training in plan.steps:
+                args, call_kwargs = read(values)
+                if takes_training and training is not None:
+                    call_kwargs["training"] = training
+                outputs = operation(*args, **call_kwargs)
+                if len(output_ids) == 1:
+                    values[output_ids[0]] = outputs
+                else:
+                    for ref, y in zip(output_ids, tree.flatten(outputs)):
+                        values[ref] = y
+        finally:
+            _graph_depth -= 1
         return plan.pack([values[ref] for ref in plan.output_ids])
