@@ -143,7 +143,11 @@ def test_same_outputs_and_training_step(dtype):
     )
     x = _images()
     labels = np.random.default_rng(1).integers(0, 4, (2, 64, 64))
+    # Op by op on both paths (JAX would compile the direct call:
+    # test_compiled_calls.py).
+    direct_model.run_eagerly = True
     out = keras.ops.convert_to_numpy(direct_model(x))
+    direct_model.run_eagerly = False
     with direct_calls(False):
         ref = keras.ops.convert_to_numpy(keras_model(x))
     np.testing.assert_allclose(out, ref, atol=1e-6, rtol=0)

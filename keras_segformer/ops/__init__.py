@@ -10,7 +10,9 @@ was measured faster, versions registered per backend and device kind
 - ``resize``: bilinear resize (PyTorch's ``align_corners=False``).
 - ``losses``: cross-entropy, argmax, banded upsampling.
 - ``checks``: the in-graph input size check.
-- ``inference``: ``no_autograd()``, the context of ``predict_on_batch``.
+- ``inference``: ``no_autograd()``, the context of ``predict_on_batch``;
+  ``compiled_forward`` and ``eager_calls_first``, the compiled eager
+  calls of the functional models (``CompiledCalls``).
 
 ``use("generic")`` (a context manager) and the environment variable
 ``KERAS_SEGFORMER_OPS=generic`` put every op on its generic version.

@@ -348,13 +348,15 @@ def banded(logits, height, width, band, score, labels=None, recompute=False):
     return out.reshape(out.shape[0], padded, *out.shape[3:])[:, :height]
 
 
-@inference.is_eager_value.register("jax", "cpu")
-def is_eager_value(x):
-    """A NumPy array or a concrete ``jax.Array`` (not a tracer of
-    ``jax.jit``, ``jax.grad`` or ``vmap``)."""
-    return isinstance(x, np.ndarray) or (
+@inference.eager_calls_first.register("jax", "cpu")
+def eager_calls_first(x):
+    """0 (see the op) for a NumPy array or a concrete ``jax.Array`` (not a
+    tracer of ``jax.jit``, ``jax.grad`` or ``vmap``)."""
+    if isinstance(x, np.ndarray) or (
         isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
-    )
+    ):
+        return 0
+    return None
 
 
 @inference.compiled_forward.register("jax", "cpu")

@@ -91,15 +91,18 @@ def assert_image_size(x, min_size, unknown):
         return tf.identity(x)
 
 
-@inference.is_eager_value.register("tensorflow", "cpu")
-def is_eager_value(x):
-    """Eager execution (no ``tf.function`` being traced), outside a
-    ``tf.distribute`` strategy, on a NumPy array or eager tensor."""
-    return (
+@inference.eager_calls_first.register("tensorflow", "cpu")
+def eager_calls_first(x):
+    """1 (see the op) in eager execution (no ``tf.function`` being
+    traced), outside a ``tf.distribute`` strategy, on a NumPy array or
+    eager tensor."""
+    if (
         tf.executing_eagerly()
         and isinstance(x, (np.ndarray, tf.Tensor))
         and not tf.distribute.has_strategy()
-    )
+    ):
+        return 1
+    return None
 
 
 @inference.compiled_forward.register("tensorflow", "cpu")

@@ -1,4 +1,5 @@
-"""The context of a forward pass whose tensors no gradient will need."""
+"""Inference: the context of a forward pass whose tensors no gradient will
+need, and the compiled eager calls of the functional models."""
 
 import contextlib
 
@@ -23,41 +24,45 @@ def no_autograd():
 def compiled_forward(model, example, variables):
     """A function ``x -> model(x, training=False)`` compiled for inputs
     like ``example`` (a concrete array of an eager call) and the model's
-    ``variables`` (its list now), or None: the eager call then runs op
-    by op. See ``CompiledCalls``.
+    ``variables`` (its list now). See ``CompiledCalls``.
 
-    Generic: None (PyTorch runs eager calls at the kernels' speed).
-    TensorFlow: a ``tf.function`` traced once for any batch and image size
-    (the rank, channels and dtype of ``example``); its ``any_shape``
-    attribute says so. JAX: ``jax.jit`` of the call, the variables'
-    values passed on each call (XLA compiles once per shape).
+    Generic: None (no backend compiles eager calls). TensorFlow: a
+    ``tf.function`` traced once for any batch and image size (the rank,
+    channels and dtype of ``example``); its ``any_shape`` attribute says
+    so. JAX: ``jax.jit`` of the call, the variables' values passed on each
+    call (XLA compiles once per shape).
     """
     return None
 
 
 @op
-def is_eager_value(x):
-    """Whether ``x`` is a concrete array called outside any trace (no
-    ``tf.function``, ``jax.jit``, gradient transformation or Keras
-    stateless scope): the calls ``CompiledCalls`` may compile.
-    Generic: False."""
-    return False
+def eager_calls_first(x):
+    """How many eager calls of a shape run op by op before the model's
+    call is compiled, or None: never (``x`` is not a concrete array called
+    outside any trace, ``tf.function``, ``jax.jit``, gradient
+    transformation or Keras stateless scope, or the backend compiles no
+    eager call). Generic: None.
+
+    TensorFlow: 1. Op by op, a first call of B0 at 512x512 took 1.0 s and
+    the trace 3.2 s (2-core EPYC): a single call is cheaper eager, and the
+    trace then serves every size. JAX: 0. Op by op, each operation is
+    compiled for a new shape (the same call took 15 s), so the whole
+    forward pass is compiled at once (3.6 s).
+    """
+    return None
 
 
 class CompiledCalls:
     """A model's compiled eager inference calls.
 
-    A repeated eager call should not pay Python's price per operation
-    again: on TensorFlow and JAX, op by op, the tiny overhead model's
-    ``model(x)`` took 20-40x the time of its compiled forward pass. So an
-    inference call (``training`` None or False, outside any other Keras
-    call) on a concrete input runs the model compiled once it is the
-    second call with that input's shape and dtype; the first runs eagerly
-    (a single call would pay the compile and gain nothing). A compiled
-    function reads the variables' current values on each call; it is
-    rebuilt when the model's variables, the ops' mode or the input's
-    rank, channels or dtype change. TensorFlow's function takes any batch
-    and size once traced; JAX compiles per shape, as ``predict`` does.
+    Op by op, TensorFlow and JAX pay Python and dispatch per operation:
+    the tiny overhead model's eager ``model(x)`` took 20-50x its compiled
+    forward pass. So an inference call (``training`` None or False,
+    outside any other Keras call) on a concrete array runs the model
+    compiled, after ``eager_calls_first`` op-by-op calls of its shape and
+    dtype. A compiled function reads the variables' current values on
+    each call; it is rebuilt when the model's variables, the ops' mode or
+    the input's rank, channels or dtype change.
     """
 
     # Shapes counted before the table starts over (long runs of new sizes).
@@ -65,28 +70,27 @@ class CompiledCalls:
 
     def __init__(self, owner):
         self.owner = owner  # id() of the model (a deep copy starts over)
-        self.seen = {}  # (mode, shape, dtype) -> calls
+        self.seen = {}  # (mode, shape, dtype) -> eager calls so far
         self.functions = {}  # (mode, rank, channels, dtype, variables) -> fn
 
     def __deepcopy__(self, memo):
         return CompiledCalls(None)
 
-    def function(self, model, x, mode, dtype):
-        """The compiled function for this call, or None to run eagerly."""
+    def function(self, model, x, mode, dtype, eager_first):
+        """The compiled function for this call, or None to run it op by op
+        (the ``eager_first`` calls of a shape, see ``eager_calls_first``)."""
         shape = tuple(x.shape)
         key = (mode, shape, dtype)
-        count = self.seen.get(key, 0) + 1
-        if count <= 2:
-            if len(self.seen) >= self.MAX_SEEN:
-                self.seen.clear()
-            self.seen[key] = count
-        if count < 2 and not self.functions:
+        eager = self.seen.get(key, 0)
+        if eager < eager_first and not self.functions:
+            self._count(key, eager)
             return None
         variables = model.variables
         general = (mode, len(shape), shape[-1], dtype, *map(id, variables))
         fn = self.functions.get(general)
-        if count < 2 and not getattr(fn, "any_shape", False):
-            return None  # JAX would compile this shape now
+        if eager < eager_first and not getattr(fn, "any_shape", False):
+            self._count(key, eager)
+            return None  # (JAX would compile this shape now)
         if fn is None:
             fn = compiled_forward(model, x, variables)
             if fn is None:
@@ -94,3 +98,8 @@ class CompiledCalls:
             # Variables or mode changed: the old functions are stale.
             self.functions = {general: fn}
         return fn
+
+    def _count(self, key, eager):
+        if len(self.seen) >= self.MAX_SEEN:
+            self.seen.clear()
+        self.seen[key] = eager + 1

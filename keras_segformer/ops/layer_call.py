@@ -421,14 +421,18 @@ class DirectGraph:
             or getattr(self, "_run_eagerly", False)
             or keras_state("current_call_ctx") is not None
             or keras_state("stateless_scope") is not None
-            or not inference.is_eager_value(x)
         ):
+            return None
+        eager_first = inference.eager_calls_first(x)
+        if eager_first is None:
             return None
         calls = self.__dict__.get("_compiled_calls")
         if calls is None or calls.owner != id(self):
             calls = inference.CompiledCalls(id(self))
             object.__setattr__(self, "_compiled_calls", calls)
-        fn = calls.function(self, x, dispatch.mode(), dtype_name(x.dtype))
+        fn = calls.function(
+            self, x, dispatch.mode(), dtype_name(x.dtype), eager_first
+        )
         if fn is None:
             return None
         self._check_batch(x)
