@@ -42,6 +42,7 @@ traced.
 
 import contextlib
 import os
+import threading
 
 import keras
 import numpy as np
@@ -331,9 +332,10 @@ def _argument_reader(arguments):
     return lambda values: arguments.fill_in(values)
 
 
-# How many DirectGraph calls are running their plan (their layers see no
-# Keras call context; a model among them is not compiled on its own).
-_graph_depth = 0
+# Per thread, how many DirectGraph calls are running their plan (their
+# layers see no Keras call context; a model among them is not compiled on
+# its own).
+_running = threading.local()
 
 
 class _GraphPlan:
@@ -417,7 +419,7 @@ class DirectGraph:
         scope, a model set to ``run_eagerly``, or traced values."""
         if (
             kwargs.get("training")
-            or _graph_depth  # a model inside a model's direct call
+            or getattr(_running, "depth", 0)  # inside a model's call
             or getattr(self, "_run_eagerly", False)
             or keras_state("current_call_ctx") is not None
             or keras_state("stateless_scope") is not None
@@ -461,8 +463,8 @@ class DirectGraph:
             object.__setattr__(self, "_direct_graph_plan", plan)
         x = backend.convert_to_tensor(inputs, dtype=self.inputs[0].dtype)
         values = {plan.input_id: x}
-        global _graph_depth
-        _graph_depth += 1
+        depth = getattr(_running, "depth", 0)
+        _running.depth = depth + 1
         try:
             for operation, read, output_ids, takes_training in plan.steps:
                 args, call_kwargs = read(values)
@@ -475,5 +477,5 @@ class DirectGraph:
                     for ref, y in zip(output_ids, tree.flatten(outputs)):
                         values[ref] = y
         finally:
-            _graph_depth -= 1
+            _running.depth = depth
         return plan.pack([values[ref] for ref in plan.output_ids])
