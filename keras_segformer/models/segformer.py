@@ -246,6 +246,18 @@ class _TaskModel(ImageInputChecks, DirectGraph, keras.Model):
                     variable._value = value
             raise
 
+    def make_train_function(self, force=False):
+        # Keras' TensorFlow trainer without a distribution strategy builds
+        # the optimizer inside the first trace of the train step, and a
+        # tf.function that creates variables is traced twice: the first
+        # step took twice as long (B0 256x256 batch 2: 35 s, now 17 s).
+        # Built here, as Keras builds it before this call on JAX, PyTorch
+        # and under a TensorFlow strategy, the step is traced once.
+        optimizer = getattr(self, "optimizer", None)
+        if self.built and optimizer is not None and not optimizer.built:
+            optimizer.build(self.trainable_variables)
+        return super().make_train_function(force=force)
+
     def fit(self, *args, **kwargs):
         """``keras.Model.fit``; a data file that a ``tf.data`` pipeline of
         this project cannot use stops it with a ``DataError`` naming the
