@@ -416,17 +416,17 @@ class DirectGraph:
         """The outputs of this eager inference call run compiled, or None
         (see ``keras_segformer.ops.inference.CompiledCalls``): not for
         ``training=True``, a call inside another Keras call or a stateless
-        scope, a model set to ``run_eagerly``, or traced values."""
+        scope, a model set to ``run_eagerly``, or traced values. The op
+        first: on PyTorch (and in the generic mode) it says None at once."""
+        eager_first = inference.eager_calls_first(x)
         if (
-            kwargs.get("training")
+            eager_first is None
+            or kwargs.get("training")
             or getattr(_running, "depth", 0)  # inside a model's call
             or getattr(self, "_run_eagerly", False)
             or keras_state("current_call_ctx") is not None
             or keras_state("stateless_scope") is not None
         ):
-            return None
-        eager_first = inference.eager_calls_first(x)
-        if eager_first is None:
             return None
         calls = self.__dict__.get("_compiled_calls")
         if calls is None or calls.owner != id(self):
