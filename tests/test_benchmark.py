@@ -670,3 +670,43 @@ def test_parity_check_tool():
     assert "logits (1, 12, 16, 5)" in line[0]
     diff = float(line[0].split("max |diff| ")[1].split()[0])
     assert diff <= 1e-4
+
+
+def test_bf16_agreement_tool(tmp_path):
+    """tools/bf16_agreement.py: a saved model rebuilt in mixed_bfloat16 on
+    the same weights, run on a folder of images on the current backend; it
+    prints the agreement and exits 1 below --min."""
+    import numpy as np
+    from conftest import tiny_segformer
+    from PIL import Image
+
+    path = tmp_path / "model.keras"
+    tiny_segformer(num_classes=4).save(path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        pixels = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    tool = os.path.join(ROOT, "tools", "bf16_agreement.py")
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, tool, "--model", str(path), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KERAS_BACKEND": BACKEND},
+        )
+
+    # Never 101%: exit code 1, after the figure.
+    out = run("--images", str(folder), "--min", "1.01")
+    line = [s for s in out.stdout.splitlines() if "agreement" in s]
+    assert out.returncode == 1 and line, out.stdout + out.stderr[-2000:]
+    assert f"bf16 agreement {BACKEND}: " in line[0]
+    assert "of 240 positions (2 images 48x40)" in line[0]  # 2 x 12 x 10
+    share = float(line[0].split(": ")[1].split("%")[0]) / 100
+    diff = float(line[0].split("max |logit diff| ")[1].split()[0])
+    assert 0.5 <= share <= 1 and diff > 0  # bfloat16 moved the logits
+    missing = run("--images", str(tmp_path / "none"))
+    assert missing.returncode != 0
+    assert "--images: no folder" in missing.stderr
