@@ -46,22 +46,21 @@ def _bf16_copy(model):
 
 
 def _images(folder, limit, size):
-    from PIL import Image
-
     from benchmarks.cases import smooth_images
+    from keras_segformer.decode import decode_image
 
     if folder is None:
         return smooth_images(limit, size, size)
     names = sorted(os.listdir(folder))[:limit]
     if not names:
         sys.exit(f"--images: no files in {folder}")
-    arrays = []
-    for name in names:
-        with Image.open(os.path.join(folder, name)) as image:
-            arrays.append(np.asarray(image.convert("RGB"), dtype="float32"))
+    try:
+        arrays = [decode_image(os.path.join(folder, n)) for n in names]
+    except ValueError as error:  # names the file
+        sys.exit(f"--images: {error}")
     if len({a.shape for a in arrays}) > 1:
         sys.exit(f"--images: the images in {folder} differ in size")
-    return np.stack(arrays)
+    return np.stack(arrays).astype("float32")
 
 
 def _logits(model, images, batch):
@@ -96,18 +95,20 @@ def main(argv=None):
     import keras
 
     import keras_segformer  # noqa: F401 (registers the classes)
+    from benchmarks.workers import agreement
 
     images = _images(args.images, args.limit, args.size)
     model = keras.models.load_model(args.model)
     reference = _logits(model, images, args.batch)
     logits = _logits(_bf16_copy(model), images, args.batch)
-    same = float((logits.argmax(-1) == reference.argmax(-1)).mean())
-    diff = float(np.abs(logits - reference).max())
+    figures = agreement(logits, reference)
+    same = figures["argmax_agreement"]
     print(
         f"bf16 agreement {keras.backend.backend()}: {same:.2%} of "
         f"{reference[..., 0].size} positions ({len(images)} images "
-        f"{images.shape[1]}x{images.shape[2]}), max |logit diff| {diff:.4f} "
-        f"(logit std {reference.std():.3f})"
+        f"{images.shape[1]}x{images.shape[2]}), max |logit diff| "
+        f"{figures['max_abs_logit_diff']:.4f} (logit std "
+        f"{figures['reference_logit_std']:.3f})"
     )
     return 0 if same >= args.min else 1
 
