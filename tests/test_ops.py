@@ -22,12 +22,21 @@ from keras_segformer.ops import (
     losses,
     nn,
 )
+from keras_segformer.ops import optimizer as optimizer_ops
 from keras_segformer.ops import resize as resize_ops
 from keras_segformer.training import SegFormerLoss
 
 ALL_OPS = [
     value
-    for module in (nn, attention, resize_ops, losses, checks, inference)
+    for module in (
+        nn,
+        attention,
+        resize_ops,
+        losses,
+        checks,
+        inference,
+        optimizer_ops,
+    )
     for value in vars(module).values()
     if isinstance(value, dispatch.Op)
 ]
@@ -209,6 +218,13 @@ def test_registry_picks_by_backend_and_device_kind():
             impl = known.implementation(device=kind)
             if known.name == "assert_image_size" and backend == "tensorflow":
                 assert impl is not known.generic
+            elif (known.name, backend, kind) == (
+                "adamw_update",
+                "torch",
+                "gpu",
+            ):
+                # Keras' own PyTorch Adam runs torch._foreach_* everywhere.
+                assert impl is known.implementation(device="cpu")
             else:
                 assert impl is known.generic, (known, kind)
 
@@ -492,6 +508,44 @@ def test_assert_image_size():
         )
     with pytest.raises(tf.errors.InvalidArgumentError, match="too small"):
         fn(_randn(2, 9, 40, 3))
+
+
+@pytest.mark.parametrize("decay, amsgrad", [(0.3, False), (None, True)])
+def test_adamw_update(decay, amsgrad):
+    """Three steps on two variables, fast vs generic: the same bits (the
+    same formulas, elementwise)."""
+    shapes = [(3, 4), (5,)]
+    results = []
+    for update in (
+        optimizer_ops.adamw_update.implementation(mode="fast"),
+        optimizer_ops.adamw_update.generic,
+    ):
+        slots = [
+            [
+                keras.Variable(_randn(*s, seed=i) * k)
+                for i, s in enumerate(shapes)
+            ]
+            for k in (1.0, 0.0, 0.0, 0.0)  # variables, m, v, v_hat
+        ]
+        for step in range(3):
+            grads = [_randn(*s, seed=10 + step) for s in shapes]
+            update(
+                slots[0],
+                [keras.ops.convert_to_tensor(g) for g in grads],
+                slots[1],
+                slots[2],
+                keras.ops.convert_to_tensor(0.01 * (step + 1)),
+                None if decay is None else keras.ops.convert_to_tensor(decay),
+                0.9,
+                0.999,
+                1e-8,
+                velocity_hats=slots[3] if amsgrad else None,
+            )
+        results.append([_numpy(v) for group in slots for v in group])
+    fast, generic = results
+    for got, want in zip(fast, generic):
+        np.testing.assert_array_equal(got, want)
+    assert not np.allclose(fast[0], _randn(3, 4, seed=0))  # it moved
 
 
 def test_generic_resize_accepts_symbolic_sizes():

@@ -10,6 +10,7 @@ was measured faster, versions registered per backend and device kind
 - ``resize``: bilinear resize (PyTorch's ``align_corners=False``).
 - ``losses``: cross-entropy, argmax, banded upsampling.
 - ``checks``: the in-graph input size check.
+- ``optimizer``: the AdamW update of a group of variables.
 - ``inference``: ``no_autograd()``, the context of ``predict_on_batch``;
   ``compiled_forward`` and ``eager_calls_first``, the compiled eager
   calls of the functional models (``CompiledCalls``).
@@ -24,6 +25,7 @@ from keras_segformer.ops import (
     inference,
     losses,
     nn,
+    optimizer,
     resize,
 )
 from keras_segformer.ops.dispatch import (
@@ -48,6 +50,7 @@ __all__ = [
     "losses",
     "mode",
     "nn",
+    "optimizer",
     "resize",
     "use",
 ]

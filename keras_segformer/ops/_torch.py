@@ -23,6 +23,7 @@ from keras.src.backend.common import global_state
 
 from keras_segformer.ops import attention as attention_ops
 from keras_segformer.ops import inference, losses, nn
+from keras_segformer.ops import optimizer as optimizer_ops
 from keras_segformer.ops import resize as resize_ops
 from keras_segformer.ops.layer_call import plain_policy
 
@@ -269,3 +270,50 @@ def softmax_cross_entropy(logits, labels):
     # Class axis second; for a channels-last tensor this is a view.
     perm = (0, rank - 1, *range(1, rank - 1)) if rank > 2 else (0, 1)
     return F.cross_entropy(logits.permute(perm), labels, reduction="none")
+
+
+def _tensors(variables, plain):
+    return [v._value if plain else v.value for v in variables]
+
+
+@optimizer_ops.adamw_update.register("torch", "cpu", "gpu")
+def adamw_update(
+    variables,
+    grads,
+    momentums,
+    velocities,
+    alpha,
+    decay,
+    beta_1,
+    beta_2,
+    epsilon,
+    velocity_hats=None,
+):
+    """The generic formulas with ``torch._foreach_*`` over the group: what
+    Keras' own PyTorch Adam runs on every device (and ``torch.optim`` by
+    default on CUDA). Per-variable ops were ~60% of a B0 ``apply`` (205
+    variables) and a third of its training step on CPU."""
+    plain = _plain_reads()
+    params = _tensors(variables, plain)
+    ms, vs = _tensors(momentums, plain), _tensors(velocities, plain)
+    dtype = params[0].dtype
+    grads = [g if g.dtype == dtype else g.to(dtype) for g in grads]
+    with torch.no_grad():
+        if decay is not None:
+            torch._foreach_sub_(params, torch._foreach_mul(params, decay))
+        delta = torch._foreach_sub(grads, ms)
+        torch._foreach_mul_(delta, 1 - beta_1)
+        torch._foreach_add_(ms, delta)
+        delta = torch._foreach_mul(grads, grads)
+        torch._foreach_sub_(delta, vs)
+        torch._foreach_mul_(delta, 1 - beta_2)
+        torch._foreach_add_(vs, delta)
+        if velocity_hats is not None:
+            hats = _tensors(velocity_hats, plain)
+            torch._foreach_maximum_(hats, vs)
+            vs = hats
+        denominator = torch._foreach_sqrt(vs)
+        torch._foreach_add_(denominator, epsilon)
+        step = torch._foreach_mul(ms, alpha)
+        torch._foreach_div_(step, denominator)
+        torch._foreach_sub_(params, step)

@@ -4,16 +4,22 @@ AdamW (lr 6e-5, weight decay 0.01), the decode head at 10x the learning
 rate, no weight decay on norms and biases, poly decay (power 1) after a
 1500-step linear warmup. Keras has no parameter groups and Adam is
 invariant to gradient scale (scaling gradients would not scale the step),
-so ``GroupedAdamW`` scales the learning rate per variable inside its update
-step; that code path is the same on TensorFlow, JAX and PyTorch.
+so ``GroupedAdamW`` gives each group of variables its own learning rate
+in its update step. The step's rates are computed once per group, and the
+update itself is ``keras_segformer.ops.optimizer.adamw_update`` (one
+multi-tensor update per group on PyTorch; per variable elsewhere, where
+TensorFlow's tf.distribute and JAX's compiler want it), with the numbers
+of Keras' ``AdamW``.
 """
 
+import contextlib
 import os
 import re
 
 import keras
 from keras import ops
 
+from keras_segformer.ops import optimizer as optimizer_ops
 from keras_segformer.serializable import attribute_config
 from keras_segformer.training.distribute import (
     num_replicas,
@@ -101,6 +107,10 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         return attribute_config(self, names)
 
 
+# Keras' TensorFlow optimizer (tf.distribute's merge call) has this method.
+_TF_DISTRIBUTE = hasattr(keras.optimizers.AdamW, "_distributed_tf_update_step")
+
+
 @keras.saving.register_keras_serializable(package="keras_segformer")
 class GroupedAdamW(keras.optimizers.AdamW):
     """AdamW with per-variable learning-rate multipliers and no weight decay
@@ -165,6 +175,7 @@ class GroupedAdamW(keras.optimizers.AdamW):
         self.decay_rank_1 = bool(decay_rank_1)
         # Variables an optimizer has before `build` (step counter, rate).
         self._unbuilt_variable_count = len(self.variables)
+        self._rates_cache = None
 
     def load_own_variables(self, store):
         """Keras' restore, plus the state of an optimizer saved before its
@@ -221,19 +232,94 @@ class GroupedAdamW(keras.optimizers.AdamW):
         return {v.path: self._group(v) for v in variables}
 
     def _apply_weight_decay(self, variables):
-        # Decay happens in update_step, with each variable's own rate.
+        # Decay happens in the update, with each variable's own rate.
         return
+
+    def _rates(self, learning_rate, index, dtype):
+        """``(alpha, decay)`` of variable ``index``: Adam's bias-corrected
+        step size and the decoupled decay ``lr * weight_decay`` (None when
+        the variable is not decayed), Keras' ``Adam`` formulas. Computed
+        once per group and step inside ``_step_rates()``."""
+        multiplier, decayed = (
+            self._multiplier_table[index],
+            self._decay_table[index],
+        )
+        key = (multiplier, decayed, dtype)
+        if self._rates_cache is not None and key in self._rates_cache:
+            return self._rates_cache[key]
+        lr = ops.cast(learning_rate, dtype)
+        if multiplier != 1.0:
+            lr = lr * multiplier
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1_power = ops.power(ops.cast(self.beta_1, dtype), step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, dtype), step)
+        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        decay = None
+        if decayed and self.weight_decay:
+            decay = ops.cast(self.weight_decay, dtype) * lr
+        if self._rates_cache is not None:
+            self._rates_cache[key] = (alpha, decay)
+        return alpha, decay
+
+    @contextlib.contextmanager
+    def _step_rates(self):
+        """Share each group's rates between its variables for one step."""
+        self._rates_cache = {}
+        try:
+            yield
+        finally:
+            self._rates_cache = None
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if _TF_DISTRIBUTE:
+            # TensorFlow: tf.distribute updates each variable in a merge
+            # call (`update_step`, with the rates shared from there on).
+            super()._backend_update_step(
+                grads, trainable_variables, learning_rate
+            )
+            return
+        groups = {}
+        for grad, variable in zip(grads, trainable_variables):
+            index = self._get_variable_index(variable)
+            key = (
+                self._multiplier_table[index],
+                self._decay_table[index],
+                variable.dtype,
+            )
+            groups.setdefault(key, []).append((index, grad, variable))
+        with self._step_rates():
+            for members in groups.values():
+                indices, grads, variables = zip(*members)
+                self._update(indices, grads, variables, learning_rate)
+
+    def _distributed_tf_update_step(self, *args, **kwargs):
+        with self._step_rates():
+            return super()._distributed_tf_update_step(*args, **kwargs)
+
+    def _update(self, indices, grads, variables, learning_rate):
+        """One step of variables that share their rates (one group)."""
+        alpha, decay = self._rates(
+            learning_rate, indices[0], variables[0].dtype
+        )
+        hats = None
+        if self.amsgrad:
+            hats = [self._velocity_hats[i] for i in indices]
+        optimizer_ops.adamw_update(
+            list(variables),
+            list(grads),
+            [self._momentums[i] for i in indices],
+            [self._velocities[i] for i in indices],
+            alpha,
+            decay,
+            self.beta_1,
+            self.beta_2,
+            self.epsilon,
+            velocity_hats=hats,
+        )
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
-        lr = ops.cast(learning_rate, variable.dtype)
-        multiplier = self._multiplier_table[index]
-        if multiplier != 1.0:
-            lr = lr * multiplier
-        if self._decay_table[index] and self.weight_decay:
-            wd = ops.cast(self.weight_decay, variable.dtype)
-            self.assign_sub(variable, ops.multiply(variable, wd * lr))
-        super().update_step(gradient, variable, lr)
+        self._update((index,), (gradient,), (variable,), learning_rate)
 
     def get_config(self):
         names = ("lr_multipliers", "decay_rank_1")
