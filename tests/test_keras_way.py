@@ -169,6 +169,30 @@ def test_untrained_model_reloads_without_warnings(tmp_path):
     assert loaded.jit_compile == (BACKEND == "jax")
 
 
+def test_trained_weights_load_into_a_new_model_without_warnings(tmp_path):
+    """A built model's own optimizer stands in for none: a trained state is
+    skipped quietly, as Keras does for a model without an optimizer. One
+    given to compile() keeps Keras' warning."""
+    images, masks = _data()
+    model = tiny_segformer(num_classes=3)
+    model.fit(images, masks, batch_size=2, verbose=0)
+    model.save(tmp_path / "m.keras")
+    model.save_weights(tmp_path / "m.weights.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+        fresh = tiny_segformer(num_classes=3)
+        fresh.load_weights(tmp_path / "m.weights.h5")
+    for other in (loaded, fresh):
+        for got, want in zip(_weights(other), _weights(model)):
+            np.testing.assert_array_equal(got, want)
+        assert not other.optimizer.built
+    compiled = tiny_segformer(num_classes=3)
+    compiled.compile()
+    with pytest.warns(UserWarning, match="Skipping variable loading"):
+        compiled.load_weights(tmp_path / "m.weights.h5")
+
+
 _LOAD_ELSEWHERE = """
 import sys, warnings
 import numpy as np

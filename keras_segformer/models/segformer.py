@@ -210,9 +210,13 @@ class _TaskModel(ImageInputChecks, DirectGraph, keras.Model):
     def _compile_defaults_if_possible(self):
         """Compile with the defaults at construction, except inside a
         ``keras.StatelessScope`` (no variable may be created there: the
-        optimizer's and metrics' would be); ``compile()`` later does it."""
+        optimizer's and metrics' would be); ``compile()`` later does it.
+        The optimizer is a stand-in for none: a trained state loaded into
+        it unbuilt is skipped without a warning (``GroupedAdamW``)."""
         if not in_stateless_scope():
             self.compile()
+            if hasattr(self.optimizer, "stand_in"):
+                self.optimizer.stand_in = True
 
     def compile_from_config(self, config):
         # Keras skips compile on load for models that override compile();

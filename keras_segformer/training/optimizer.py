@@ -176,16 +176,29 @@ class GroupedAdamW(keras.optimizers.AdamW):
         # Variables an optimizer has before `build` (step counter, rate).
         self._unbuilt_variable_count = len(self.variables)
         self._rates_cache = None
+        # Made by a model's constructor, not given by the user.
+        self.stand_in = False
 
     def load_own_variables(self, store):
-        """Keras' restore, plus the state of an optimizer saved before its
-        first step (only its counters): built models come compiled, so a
-        model saved untrained holds such an optimizer, and Keras would warn
-        that it skips it. The slots stay at zero, as a new optimizer's."""
+        """Keras' restore, plus two cases of a model built compiled:
+
+        - the state of an optimizer saved before its first step (only its
+          counters): a model saved untrained holds such an optimizer, and
+          Keras would warn that it skips it. The slots stay at zero, as a
+          new optimizer's.
+        - a trained state into the optimizer a model's constructor made
+          (``stand_in``), still unbuilt (``load_model(...,
+          compile=False)``, ``load_weights`` into a new model): skipped
+          without Keras' warning, as Keras skips it for a model that has
+          no optimizer. An optimizer given to ``compile`` keeps the
+          warning.
+        """
         saved = len(store.keys())
         if self.built and saved == self._unbuilt_variable_count:
             for i, variable in enumerate(self.variables[:saved]):
                 variable.assign(store[str(i)])
+            return
+        if self.stand_in and not self.built and saved != len(self.variables):
             return
         super().load_own_variables(store)
 
