@@ -237,6 +237,49 @@ def test_device_kind_is_this_machines():
     assert dispatch._platform_kind("cpu") == "cpu"
 
 
+_FIT_FIRST = """
+import types
+import numpy as np
+from conftest import tiny_segformer
+from keras_segformer import ops
+from keras_segformer.ops import dispatch
+model = tiny_segformer(num_classes=3)
+x = np.zeros((2, 64, 64, 3), "float32")
+model.fit(x, np.zeros((2, 64, 64), "int32"), verbose=0)
+kind = dispatch.device_kind()
+assert kind in dispatch.DEVICE_KINDS, kind
+modules = [m for m in vars(ops).values() if isinstance(m, types.ModuleType)]
+resolved = [
+    op for m in modules for op in vars(m).values()
+    if isinstance(op, dispatch.Op) and "fast" in op._resolved
+]
+assert len(resolved) > 5, resolved
+for op in resolved:
+    assert op._resolved["fast"] is op.implementation(device=kind), op
+fast = [op for op in resolved if op._resolved["fast"] is not op.generic]
+print("fast versions", len(fast))
+"""
+
+
+def test_fit_as_the_first_call_runs_the_fast_versions():
+    """The device kind is read once per process; a first ``fit`` reads it
+    inside Keras' symbolic calls (PyTorch's "meta" device), which once
+    put every op of the process on its generic version."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": tests}
+    result = subprocess.run(
+        [sys.executable, "-c", _FIT_FIRST],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tests,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    if sf_ops.device_kind() == "cpu":  # every backend has CPU versions
+        assert int(result.stdout.split("fast versions")[-1]) > 0
+
+
 def _forbid_fast_versions(monkeypatch):
     """Make every registered fast version (not the always-on ones) raise."""
 
@@ -511,10 +554,14 @@ def test_assert_image_size():
 
 
 @pytest.mark.parametrize("decay, amsgrad", [(0.3, False), (None, True)])
-def test_adamw_update(decay, amsgrad):
-    """Three steps on two variables, fast vs generic: the same bits (the
-    same formulas, elementwise)."""
-    shapes = [(3, 4), (5,)]
+def test_adamw_update(decay, amsgrad, monkeypatch):
+    """Three steps on three variables, fast vs generic: the same bits (the
+    same formulas, elementwise; on PyTorch in chunks of 12 and 5 + 6)."""
+    if keras.backend.backend() == "torch":
+        from keras_segformer.ops import _torch
+
+        monkeypatch.setattr(_torch, "_CPU_CHUNK", 8)
+    shapes = [(3, 4), (5,), (2, 3)]
     results = []
     for update in (
         optimizer_ops.adamw_update.implementation(mode="fast"),

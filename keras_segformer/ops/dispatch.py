@@ -102,9 +102,12 @@ def device_kind(backend=None):
 
         return _platform_kind(jax.devices()[0].platform)
     if backend == "torch":
-        from keras.src.backend.torch.core import get_device
+        # Keras' default device, not get_device(): that is "meta" inside the
+        # symbolic calls of a first fit (loss and metric shapes), and this
+        # answer is kept for the process.
+        from keras.src.backend.torch.core import DEFAULT_DEVICE
 
-        return _platform_kind(get_device())
+        return _platform_kind(DEFAULT_DEVICE)
     if backend == "tensorflow":
         import tensorflow as tf
 
