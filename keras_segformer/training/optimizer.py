@@ -128,6 +128,10 @@ class GroupedAdamW(keras.optimizers.AdamW):
     ``sqrt(v_hat * (1 - beta_2 ** t))`` rather than ``sqrt(v_hat)``, a
     difference of order epsilon.
 
+    ``stand_in`` (attribute, False): set on the optimizer a model's
+    constructor compiles with, which then stands in for none when a
+    trained state is loaded (see ``load_own_variables``).
+
     Args:
         learning_rate: float or ``LearningRateSchedule``. Base rate.
         weight_decay: float. Decoupled weight decay.
@@ -248,16 +252,17 @@ class GroupedAdamW(keras.optimizers.AdamW):
         # Decay happens in the update, with each variable's own rate.
         return
 
+    def _group_key(self, index, dtype):
+        """What the variables of one group share: multiplier, decay, dtype."""
+        return self._multiplier_table[index], self._decay_table[index], dtype
+
     def _rates(self, learning_rate, index, dtype):
         """``(alpha, decay)`` of variable ``index``: Adam's bias-corrected
         step size and the decoupled decay ``lr * weight_decay`` (None when
         the variable is not decayed), Keras' ``Adam`` formulas. Computed
         once per group and step inside ``_step_rates()``."""
-        multiplier, decayed = (
-            self._multiplier_table[index],
-            self._decay_table[index],
-        )
-        key = (multiplier, decayed, dtype)
+        key = self._group_key(index, dtype)
+        multiplier, decayed, _ = key
         if self._rates_cache is not None and key in self._rates_cache:
             return self._rates_cache[key]
         lr = ops.cast(learning_rate, dtype)
@@ -294,11 +299,7 @@ class GroupedAdamW(keras.optimizers.AdamW):
         groups = {}
         for grad, variable in zip(grads, trainable_variables):
             index = self._get_variable_index(variable)
-            key = (
-                self._multiplier_table[index],
-                self._decay_table[index],
-                variable.dtype,
-            )
+            key = self._group_key(index, variable.dtype)
             groups.setdefault(key, []).append((index, grad, variable))
         with self._step_rates():
             for members in groups.values():
