@@ -259,8 +259,9 @@ class GroupedAdamW(keras.optimizers.AdamW):
     def _rates(self, learning_rate, index, dtype):
         """``(alpha, decay)`` of variable ``index``: Adam's bias-corrected
         step size and the decoupled decay ``lr * weight_decay`` (None when
-        the variable is not decayed), Keras' ``Adam`` formulas. Computed
-        once per group and step inside ``_step_rates()``."""
+        the variable is not decayed), Keras' ``Adam`` formulas. Inside
+        ``_step_rates()`` (TensorFlow's per-variable updates) computed
+        once per group and step."""
         key = self._group_key(index, dtype)
         multiplier, decayed, _ = key
         if self._rates_cache is not None and key in self._rates_cache:
@@ -281,7 +282,8 @@ class GroupedAdamW(keras.optimizers.AdamW):
 
     @contextlib.contextmanager
     def _step_rates(self):
-        """Share each group's rates between its variables for one step."""
+        """Share each group's rates between its variables for one step of
+        per-variable ``update_step`` calls."""
         self._rates_cache = {}
         try:
             yield
@@ -301,10 +303,9 @@ class GroupedAdamW(keras.optimizers.AdamW):
             index = self._get_variable_index(variable)
             key = self._group_key(index, variable.dtype)
             groups.setdefault(key, []).append((index, grad, variable))
-        with self._step_rates():
-            for members in groups.values():
-                indices, grads, variables = zip(*members)
-                self._update(indices, grads, variables, learning_rate)
+        for members in groups.values():  # one `_rates` call per group
+            indices, grads, variables = zip(*members)
+            self._update(indices, grads, variables, learning_rate)
 
     def _distributed_tf_update_step(self, *args, **kwargs):
         with self._step_rates():
