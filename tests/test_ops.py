@@ -556,8 +556,11 @@ def test_assert_image_size():
 @pytest.mark.parametrize("decay, amsgrad", [(0.3, False), (None, True)])
 def test_adamw_update(decay, amsgrad, monkeypatch):
     """Three steps on three variables, fast vs generic: the same bits (the
-    same formulas, elementwise; on PyTorch in chunks of 12 and 5 + 6)."""
-    if keras.backend.backend() == "torch":
+    same formulas, elementwise; on PyTorch in chunks of 12 and 5 + 6). On
+    TensorFlow the fused kernel forms ``1 - beta`` from the float32 beta:
+    the second moments' steps are 1.3e-5 apart relatively."""
+    backend = keras.backend.backend()
+    if backend == "torch":
         from keras_segformer.ops import _torch
 
         monkeypatch.setattr(_torch, "_CPU_CHUNK", 8)
@@ -591,7 +594,10 @@ def test_adamw_update(decay, amsgrad, monkeypatch):
         results.append([_numpy(v) for group in slots for v in group])
     fast, generic = results
     for got, want in zip(fast, generic):
-        np.testing.assert_array_equal(got, want)
+        if backend == "tensorflow":
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(got, want)
     assert not np.allclose(fast[0], _randn(3, 4, seed=0))  # it moved
 
 

@@ -5,12 +5,14 @@ The Keras layers already map to fused oneDNN kernels, so dense and the
 convolutions need nothing here.
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keras_segformer.ops import attention as attention_ops
 from keras_segformer.ops import checks, inference, losses, resize
+from keras_segformer.ops import optimizer as optimizer_ops
 from keras_segformer.ops.dispatch import DEVICE_KINDS
 
 
@@ -50,6 +52,88 @@ def softmax_cross_entropy(logits, labels):
 @losses.argmax.register("tensorflow", "cpu")
 def argmax(x, axis=-1):
     return tf.argmax(x, axis=axis, output_type="int32")
+
+
+def _handle(variable):
+    """The resource handle of a Keras or TensorFlow variable (under a
+    tf.distribute update: the current device's copy)."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return variable.handle
+
+
+@optimizer_ops.adamw_update.register("tensorflow", "cpu")
+def adamw_update(
+    variables,
+    grads,
+    momentums,
+    velocities,
+    alpha,
+    decay,
+    beta_1,
+    beta_2,
+    epsilon,
+    velocity_hats=None,
+):
+    """TensorFlow's fused Adam kernel, one op per variable
+    (``ResourceApplyAdam``, ``...WithAmsgrad``) instead of a dozen: a
+    first training step of B0 traces ~2,500 fewer graph ops (12 -> 7 s at
+    128x128, AMD EPYC).
+
+    The kernel computes Keras' formulas with ``alpha`` as its learning
+    rate (beta powers 0: its own bias correction is then 1), except that
+    it forms ``1 - beta`` in the variable's dtype from the rounded
+    ``beta``, where Keras rounds ``1 - beta``: for 0.999 in float32 that is
+    1.3e-5 apart relatively, a second-moment step 1.3e-5 smaller (Keras'
+    ``beta_2`` read as 0.99900001). Float32 and float64 only (its
+    bfloat16 kernel returns garbage); other dtypes take the generic
+    version.
+    """
+    dtype = alpha.dtype
+    if dtype not in (tf.float32, tf.float64):
+        return optimizer_ops.adamw_update.generic(
+            variables,
+            grads,
+            momentums,
+            velocities,
+            alpha,
+            decay,
+            beta_1,
+            beta_2,
+            epsilon,
+            velocity_hats,
+        )
+    zero = tf.zeros((), dtype)
+    constants = {
+        name: tf.constant(value, dtype)
+        for name, value in (
+            ("beta1", beta_1),
+            ("beta2", beta_2),
+            ("epsilon", epsilon),
+        )
+    }
+    hats = velocity_hats or [None] * len(variables)
+    for variable, grad, m, v, v_hat in zip(
+        variables, grads, momentums, velocities, hats
+    ):
+        if decay is not None:
+            variable.assign_sub(variable * decay)
+        common = dict(
+            var=_handle(variable),
+            m=_handle(m),
+            v=_handle(v),
+            beta1_power=zero,
+            beta2_power=zero,
+            lr=alpha,
+            grad=tf.cast(grad, dtype),
+            **constants,
+        )
+        if v_hat is None:
+            tf.raw_ops.ResourceApplyAdam(**common)
+        else:
+            tf.raw_ops.ResourceApplyAdamWithAmsgrad(
+                vhat=_handle(v_hat), **common
+            )
 
 
 @checks.assert_image_size.register("tensorflow", *DEVICE_KINDS, always=True)
