@@ -3,10 +3,11 @@
 ``GroupedAdamW`` computes the step's rates once per group (see its
 ``_backend_update_step``) and hands each group to ``adamw_update``. The
 generic version updates one variable at a time with ``keras.ops``, the
-formulas of Keras' ``Adam.update_step``. Fast version: ``_torch.py``
+formulas of Keras' ``Adam.update_step``. Fast versions: ``_torch.py``
 (``torch._foreach_*``, the multi-tensor kernels of Keras' own PyTorch
 Adam and of ``torch.optim``), which runs a few dozen ops per step instead
-of a dozen per variable.
+of a dozen per variable; ``_tensorflow.py`` (the fused
+``ResourceApplyAdam`` kernel, one graph op per variable).
 """
 
 from keras import ops

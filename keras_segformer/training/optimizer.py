@@ -8,8 +8,8 @@ so ``GroupedAdamW`` gives each group of variables its own learning rate
 in its update step. The step's rates are computed once per group, and the
 update itself is ``keras_segformer.ops.optimizer.adamw_update`` (one
 multi-tensor update per group on PyTorch; per variable elsewhere, where
-TensorFlow's tf.distribute and JAX's compiler want it), with the numbers
-of Keras' ``AdamW``.
+TensorFlow's tf.distribute and JAX's compiler want it, on TensorFlow with
+its fused Adam kernel), with the numbers of Keras' ``AdamW``.
 """
 
 import contextlib
