@@ -173,7 +173,10 @@ BACKEND_INDEPENDENT = {
         "test_code_carrying_pickle_is_refused",
     },
     "test_convert_cli.py": {"test_convert_is_registered"},
-    "test_cli_predict.py": {"test_palette_auto_uses_dataset_colours"},
+    "test_cli_predict.py": {
+        "test_palette_auto_uses_dataset_colours",
+        "test_jax_compilation_cache_folder",
+    },
     # Window arithmetic and a numpy model (no Keras model inside).
     "test_inference.py": {
         "test_slide_windows_follow_mmseg",
@@ -269,6 +272,8 @@ RUN_ONCE = {
         "test_train_init_from_a_transformers_directory",
         "test_demo_command_end_to_end",
     },
+    # Its command runs on JAX whatever the suite's backend.
+    "test_cli_predict.py": {"test_command_line_keeps_jax_compiled_steps"},
 }
 
 

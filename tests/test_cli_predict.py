@@ -236,3 +236,44 @@ def test_predict_errors(keras_file, image_dir, tmp_path, capsys, argv, message):
     rc = cli.main(["predict", *flat])
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+def test_command_line_keeps_jax_compiled_steps(keras_file, image_dir, tmp_path):
+    """On JAX the command line caches its compiled steps in the user's
+    cache folder, so that the same command again does not compile them."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != cli.JAX_CACHE_ENV}
+    env.update(
+        KERAS_BACKEND="jax",
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        # Every program, however quick to compile (the tiny model's are).
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+    argv = [sys.executable, "-m", "keras_segformer", "predict"]
+    argv += ["--model", str(keras_file), "--input", str(image_dir / "img0.png")]
+    argv += ["--output", str(tmp_path / "out")]
+    result = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "cache" / "keras_segformer" / "jax"
+    assert any(n.startswith("jit_predict_step") for n in os.listdir(folder))
+
+
+def test_jax_compilation_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv(cli.JAX_CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    expected = str(tmp_path / "keras_segformer" / "jax")
+    assert cli.jax_compilation_cache_dir() == expected
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    expected = str(tmp_path / "home" / ".cache" / "keras_segformer" / "jax")
+    assert cli.jax_compilation_cache_dir() == expected
+    monkeypatch.setenv(cli.JAX_CACHE_ENV, "/somewhere")
+    assert cli.jax_compilation_cache_dir() == "/somewhere"
+    monkeypatch.setenv(cli.JAX_CACHE_ENV, "")  # the user's "off"
+    assert cli.jax_compilation_cache_dir() is None
+    cli._use_jax_compilation_cache()
+    assert os.environ[cli.JAX_CACHE_ENV] == ""  # left alone

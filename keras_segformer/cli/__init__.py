@@ -76,6 +76,35 @@ def _debug(args):
     )
 
 
+JAX_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def jax_compilation_cache_dir():
+    """The folder the command line keeps JAX's compiled programs in:
+    ``$JAX_COMPILATION_CACHE_DIR`` when set (empty: none), else
+    ``keras_segformer/jax`` in the user's cache folder
+    (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    if JAX_CACHE_ENV in os.environ:
+        return os.environ[JAX_CACHE_ENV] or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    return os.path.join(base, "keras_segformer", "jax")
+
+
+def _use_jax_compilation_cache():
+    """Turn on JAX's persistent compilation cache for this process (and the
+    workers it starts): a command run again (``predict`` on more images,
+    ``train`` resumed after a kill, ``evaluate``) loads its compiled steps
+    instead of compiling them again. Left alone when the variable is set
+    (the user's choice; empty turns it off)."""
+    if JAX_CACHE_ENV in os.environ:
+        return
+    path = os.environ[JAX_CACHE_ENV] = jax_compilation_cache_dir()
+    if "jax" in sys.modules:  # imported with Keras: it read the variable
+        sys.modules["jax"].config.update("jax_compilation_cache_dir", path)
+
+
 def main(argv=None):
     """Run the ``keras-segformer`` command line.
 
@@ -87,6 +116,7 @@ def main(argv=None):
         user error (printed as one message), 3 a lost worker of a cluster
         (``train``; run the same command again).
     """
+    _use_jax_compilation_cache()
     from keras_segformer.errors import data_errors
 
     parser = build_parser()
