@@ -1,4 +1,90 @@
-"""Helpers shared by the sub-commands: model loading, folders, labels."""
+"""Helpers shared by the sub-commands: argument types, model loading,
+folders, labels."""
+
+import argparse
+import math
+import os
+
+from keras_segformer.configs import COMMON, min_input_size
+
+# The smallest image side every variant accepts (they share the patch
+# embeddings and reduction ratios): a crop or image size below it is
+# refused when the arguments are read.
+MIN_IMAGE_SIZE = min_input_size(
+    COMMON["patch_sizes"], COMMON["strides"], COMMON["sr_ratios"]
+)
+
+
+def int_at_least(low):
+    """argparse type: an int >= ``low``."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(
+                f"expected an int >= {low}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def image_size(text):
+    """argparse type: an image side the network accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < MIN_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"expected an image side >= {MIN_IMAGE_SIZE} (the smallest "
+            f"SegFormer accepts), got {text!r}"
+        )
+    return value
+
+
+def float_at_least(low):
+    """argparse type: a finite float >= ``low``."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(
+                f"expected a number >= {low:g}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def positive_float(text):
+    """argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def output_folder(path, flag="--out"):
+    """Create the output folder ``path`` (and its parents) if needed, with
+    an error naming ``flag`` where it is a file or cannot be created."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file, not a folder.")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ValueError(
+            f"{flag} {path}: cannot create the folder ({e.strerror})."
+        ) from None
 
 
 def load_any_model(path, *, variant=None, num_classes=None):
@@ -6,8 +92,22 @@ def load_any_model(path, *, variant=None, num_classes=None):
     Keras weights file (``.weights.h5``, needs ``variant`` and
     ``num_classes``); see ``keras_segformer.export.load_model``.
     """
-    from keras_segformer.export.loading import load_model
+    from keras_segformer.export.loading import _WEIGHT_SUFFIXES, load_model
 
+    given = [
+        flag
+        for flag, value in (
+            ("--variant", variant),
+            ("--num-classes", num_classes),
+        )
+        if value is not None
+    ]
+    if given and not os.fspath(path).endswith(_WEIGHT_SUFFIXES):
+        raise ValueError(
+            f"{' and '.join(given)}: only for a .weights.h5 --model; "
+            f"{path} is a model that names its own variant and classes "
+            "(drop them)."
+        )
     return load_model(path, variant=variant, num_classes=num_classes)
 
 

@@ -10,24 +10,50 @@ import time
 
 
 def add_parser(subparsers):
+    from keras_segformer.cli.common import (
+        float_at_least,
+        image_size,
+        int_at_least,
+    )
+
     p = subparsers.add_parser(
         "demo",
         help="train B0 on built-in generated data, report mIoU, write overlays",
+        description=(
+            "Generate the shapes dataset, train, score and draw overlays "
+            "under --out. Run again with the same settings, it resumes or "
+            "(finished) scores the trained model again; other settings are "
+            "refused, naming the flag, unless --overwrite."
+        ),
     )
     p.add_argument("--out", default="demo_out")
     p.add_argument("--variant", default="b0")
-    p.add_argument("--num-classes", type=int, default=6)
-    p.add_argument("--size", type=int, default=128, help="image side")
-    p.add_argument("--train-images", type=int, default=400)
-    p.add_argument("--val-images", type=int, default=48)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--steps", type=int, default=50, help="steps per epoch")
-    p.add_argument("--batch-size", type=int, default=8)
+    count = int_at_least(1)
+    p.add_argument("--num-classes", type=int_at_least(2), default=6)
+    p.add_argument("--size", type=image_size, default=128, help="image side")
+    p.add_argument("--train-images", type=count, default=400)
+    p.add_argument("--val-images", type=count, default=48)
+    p.add_argument("--epochs", type=count, default=8)
+    p.add_argument("--steps", type=count, default=50, help="steps per epoch")
+    p.add_argument("--batch-size", type=count, default=8)
     # From scratch (no ImageNet encoder), so 10x the fine-tuning rate.
-    p.add_argument("--lr", type=float, default=6e-4)
-    p.add_argument("--overlays", type=int, default=8)
+    p.add_argument("--lr", type=float_at_least(0.0), default=6e-4)
+    p.add_argument("--overlays", type=int_at_least(0), default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="remove the demo run in --out and start afresh",
+    )
     p.set_defaults(func=run)
+
+
+def _settings(args):
+    """The flags that define a demo run: recorded in its run.json and
+    compared before anything is written when it is started again."""
+    names = ("variant", "num_classes", "size", "train_images")
+    names += ("val_images", "steps", "batch_size", "lr", "seed")
+    return {"--" + n.replace("_", "-"): getattr(args, n) for n in names}
 
 
 def _datasets(args):
@@ -92,10 +118,19 @@ def run(args):
     import keras
 
     import keras_segformer
+    from keras_segformer.cli.common import output_folder
     from keras_segformer.training import trainer
 
     start = time.time()
     out = args.out
+    output_folder(out)
+    settings = _settings(args)
+    if not args.overwrite:
+        # Before the data is generated again: a run of other settings is
+        # refused while its data and model are still its own.
+        trainer.check_run(
+            os.path.join(out, "train"), epochs=args.epochs, settings=settings
+        )
     print(f"backend: {keras.backend.backend()}; output: {out}")
     train, val, names, train_ds, val_ds = _datasets(args)
     model = keras_segformer.build_segformer(
@@ -110,6 +145,8 @@ def run(args):
         steps_per_epoch=args.steps,
         learning_rate=args.lr,
         warmup_steps=max(1, total // 10),
+        overwrite=args.overwrite,
+        settings=settings,
     )
     train_time = time.time() - start
     scores = trainer.evaluate(model, val_ds, class_names=names)
