@@ -196,6 +196,7 @@ BACKEND_INDEPENDENT = {
         "test_labels_json_of_the_wrong_type",
         "test_a_lost_worker_has_its_own_exit_status",
         "test_model_commands_share_the_model_arguments",
+        "test_predict_refuses_bad_arguments",
     },
     # The one image decoder: 16-bit and EXIF images, masks, unreadable
     # files (PIL and tf.data, no model).

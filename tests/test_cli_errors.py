@@ -447,3 +447,51 @@ def test_model_commands_share_the_model_arguments(command, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args([command])
     assert "--model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, values, expected",
+    [
+        ("--scales", ["1", "0"], "expected a number > 0, got '0'"),
+        ("--scales", ["inf"], "expected a number > 0, got 'inf'"),
+        ("--crop-size", ["16", "64"], "expected an image side >= 29"),
+        ("--stride", ["0", "8"], "expected an int >= 1, got '0'"),
+        ("--batch-size", ["0"], "expected an int >= 1, got '0'"),
+    ],
+)
+def test_predict_refuses_bad_arguments(capsys, flag, values, expected):
+    argv = ["predict", "--model", "m.keras", "--input", "i", "--output", "o"]
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, flag, *values])
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(
+        f"keras-segformer predict: error: argument {flag}: {expected}"
+    ), last
+
+
+def test_model_flags_are_for_a_weights_file_only(keras_file, tmp_path, capsys):
+    """--num-classes / --variant with a .keras model were ignored."""
+    image = _save_image(str(tmp_path / "a.png"))
+    argv = ["predict", "--model", keras_file, "--input", image]
+    argv += ["--output", str(tmp_path / "out"), "--num-classes", "7"]
+    status, err = _main(capsys, *argv)
+    assert status == 2
+    _short_error(err.splitlines(), "--num-classes", keras_file)
+    assert not (tmp_path / "out" / "a_mask.png").exists()
+
+
+def test_weights_of_another_model_in_one_line(tmp_path, capsys):
+    """Keras' message prints whole variables (kilobytes); the command says
+    which variable does not fit, its two shapes and what to pass."""
+    import keras_segformer
+
+    weights = str(tmp_path / "b0.weights.h5")
+    keras_segformer.build_segformer(3, "b0").save_weights(weights)
+    argv = ["evaluate", "--model", weights, "--variant", "b0"]
+    argv += ["--num-classes", "4", "--images", "i", "--masks", "m"]
+    status, err = _main(capsys, *argv)
+    assert status == 2
+    line = _short_error(err.splitlines(), weights)
+    assert "decode_head/classifier/kernel is (256, 4) in this model" in line
+    assert "(256, 3) in the file" in line and len(line) < 500, line

@@ -255,6 +255,20 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     mask = np.asarray(Image.open(out / "overlays" / "val_00000_mask.png"))
     assert mask.shape == (64, 64) and mask.max() < 6
 
+    # Again with another image size: refused before the data is generated
+    # again (it once scored the 64-pixel model on 96-pixel data and said
+    # nothing).
+    data = sorted((out / "data").rglob("*.png"))
+    before = [p.read_bytes() for p in data]
+    argv = ["demo", "--out", str(out), "--size", "96", "--train-images", "8"]
+    argv += ["--val-images", "2", "--epochs", "1", "--steps", "2"]
+    argv += ["--batch-size", "2", "--overlays", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--size 64" in err and "--overwrite" in err, err
+    assert [p.read_bytes() for p in data] == before
+    assert json.loads((out / "summary.json").read_text()) == summary
+
 
 @pytest.mark.parametrize("hf_classes", [NUM_CLASSES, 7])
 def test_train_init_from_a_transformers_directory(
@@ -316,7 +330,12 @@ def test_train_init_from_a_transformers_directory(
         ("--warmup-steps", ["-1"], "expected an int >= 0, got '-1'"),
         ("--lr", ["-1"], "expected a number >= 0, got '-1'"),
         ("--lr", ["nan"], "expected a number >= 0, got 'nan'"),
-        ("--crop-size", ["0"], "expected an int >= 1, got '0'"),
+        (
+            "--crop-size",
+            ["16"],
+            "expected an image side >= 29 (the smallest SegFormer "
+            "accepts), got '16'",
+        ),
         ("--crop-size", ["64", "64", "64"], "expected one size or two"),
         ("--base-size", ["128", "0"], "expected an int >= 1, got '0'"),
         ("--base-size", ["128"], "expected 2 arguments"),
@@ -335,3 +354,18 @@ def test_train_refuses_bad_arguments(tmp_path, capsys, flag, values, expected):
         + (" (height width), got 64 64 64" if "two" in expected else "")
     )
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "uncreatable"])
+def test_train_out_that_cannot_be_a_folder(tmp_path, capsys, kind):
+    """--out is checked before anything else, in a message naming it."""
+    out = tmp_path / "taken"
+    out.write_text("mine")
+    if kind == "uncreatable":
+        out = out / "sub"  # below a file
+    args = ["train", "--num-classes", "3", "--images", "i", "--masks", "m"]
+    assert main(args + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"keras-segformer train: error: --out {out}"), err
+    assert len(err.splitlines()) == 1
+    assert (tmp_path / "taken").read_text() == "mine"

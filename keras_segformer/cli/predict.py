@@ -19,7 +19,12 @@ import tempfile
 
 import numpy as np
 
-from keras_segformer.cli.common import add_model_arguments
+from keras_segformer.cli.common import (
+    add_model_arguments,
+    image_size,
+    int_at_least,
+    positive_float,
+)
 from keras_segformer.decode import IMAGE_EXTENSIONS
 
 PALETTES = ("auto", "ade20k", "cityscapes")
@@ -46,18 +51,20 @@ def add_parser(subparsers):
         action="store_true",
         help="sliding-window inference (needs --crop-size)",
     )
-    parser.add_argument("--crop-size", nargs=2, type=int, metavar=("H", "W"))
+    parser.add_argument(
+        "--crop-size", nargs=2, type=image_size, metavar=("H", "W")
+    )
     parser.add_argument(
         "--stride",
         nargs=2,
-        type=int,
+        type=int_at_least(1),
         metavar=("H", "W"),
         help="window step (default: --crop-size)",
     )
     parser.add_argument(
         "--scales",
         nargs="+",
-        type=float,
+        type=positive_float,
         default=[1.0],
         help="test-time scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75",
     )
@@ -71,7 +78,7 @@ def add_parser(subparsers):
         help="colours: auto picks ADE20K or Cityscapes when the model's "
         "classes are those, else distinct generated colours",
     )
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int_at_least(1), default=4)
     parser.set_defaults(func=run)
     return parser
 
@@ -206,7 +213,7 @@ def run(args):
     Returns:
         int. 0, or 1 when some images could not be read.
     """
-    from keras_segformer.export import load_model
+    from keras_segformer.cli.common import load_any_model
     from keras_segformer.inference import Segmenter, save_prediction
 
     files = list_images(args.input)
@@ -216,7 +223,9 @@ def run(args):
     if not args.slide and (args.crop_size or args.stride):
         raise ValueError("--crop-size and --stride are used with --slide.")
     check_output_dir(args.output)
-    model = load_model(args.model, args.variant, args.num_classes)
+    model = load_any_model(
+        args.model, variant=args.variant, num_classes=args.num_classes
+    )
     segmenter = Segmenter(
         model,
         mode="slide" if args.slide else "whole",

@@ -1,9 +1,15 @@
 """``keras-segformer train``: fit a SegFormer on image/mask folders."""
 
 import argparse
-import math
 import os
 import sys
+
+from keras_segformer.cli.common import (
+    float_at_least,
+    image_size,
+    int_at_least,
+    output_folder,
+)
 
 
 def add_parser(subparsers):
@@ -29,7 +35,7 @@ def add_parser(subparsers):
 def _add_model_arguments(p):
     """Model, data folders and the starting point."""
     p.add_argument("--variant", default="b0", help="b0 ... b5 (default b0)")
-    p.add_argument("--num-classes", type=_int_at_least(1), required=True)
+    p.add_argument("--num-classes", type=int_at_least(1), required=True)
     p.add_argument("--images", required=True, help="training image folder")
     p.add_argument("--masks", required=True, help="training mask folder")
     p.add_argument("--val-images", help="validation image folder")
@@ -48,7 +54,7 @@ def _add_loop_arguments(p):
     """Epochs, steps, batch size and devices."""
     p.add_argument(
         "--epochs",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=10,
         help=(
             "epochs in all (default 10); more than a finished run in --out "
@@ -57,12 +63,12 @@ def _add_loop_arguments(p):
     )
     p.add_argument(
         "--steps",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         help="steps per epoch (default: one pass over the training images)",
     )
     p.add_argument(
         "--batch-size",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=8,
         help="global batch size, split over --devices (default 8)",
     )
@@ -83,7 +89,7 @@ def _add_recipe_arguments(p):
     """Crop, rescale box, learning rate and label reduction."""
     p.add_argument(
         "--crop-size",
-        type=_int_at_least(1),
+        type=image_size,
         nargs="+",
         action=_OneOrTwo,
         default=[512],
@@ -92,7 +98,7 @@ def _add_recipe_arguments(p):
     )
     p.add_argument(
         "--base-size",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         nargs=2,
         default=[2048, 512],
         metavar=("LONG", "SHORT"),
@@ -100,11 +106,11 @@ def _add_recipe_arguments(p):
     )
     p.add_argument(
         "--lr",
-        type=_float_at_least(0.0),
+        type=float_at_least(0.0),
         default=6e-5,
         help="peak learning rate (default 6e-5)",
     )
-    p.add_argument("--warmup-steps", type=_int_at_least(0), default=1500)
+    p.add_argument("--warmup-steps", type=int_at_least(0), default=1500)
     p.add_argument("--reduce-labels", action="store_true")
 
 
@@ -121,40 +127,6 @@ def _add_output_arguments(p):
             "model.keras, log.csv, checkpoints/, backup/, tensorboard/)"
         ),
     )
-
-
-def _int_at_least(low):
-    """argparse type: an int >= ``low``."""
-
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(
-                f"expected an int >= {low}, got {text!r}"
-            )
-        return value
-
-    return parse
-
-
-def _float_at_least(low):
-    """argparse type: a finite float >= ``low``."""
-
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value < low:
-            raise argparse.ArgumentTypeError(
-                f"expected a number >= {low:g}, got {text!r}"
-            )
-        return value
-
-    return parse
 
 
 class _OneOrTwo(argparse.Action):
@@ -207,9 +179,10 @@ def _init_model(args, id2label, resume=False):
         print(f"init: {args.init} not read, the run resumes")
         return model
     if args.init.endswith((".keras", ".weights.h5")):
-        source = load_any_model(
-            args.init, variant=args.variant, num_classes=args.num_classes
-        )
+        weights = {}  # what a bare weights file needs to be read
+        if args.init.endswith(".weights.h5"):
+            weights = {"variant": args.variant, "num_classes": args.num_classes}
+        source = load_any_model(args.init, **weights)
         if getattr(source, "num_classes", None) == args.num_classes:
             model.set_weights(source.get_weights())
             print(f"init: all weights from {args.init}")
@@ -295,6 +268,7 @@ def _train(args, replicas=None):
     from keras_segformer.data.loading import resolve_pairs
     from keras_segformer.training import trainer
 
+    output_folder(args.out)
     id2label = read_class_names(args.labels, args.num_classes)
     images, masks = resolve_pairs(args.images, args.masks)
     steps = args.steps

@@ -2,6 +2,8 @@
 directory, or bare Keras weights plus the variant they belong to."""
 
 import os
+import re
+import warnings
 import zipfile
 
 import keras
@@ -41,15 +43,49 @@ def _load_weights_file(path, variant, num_classes):
             "--variant and --num-classes)."
         )
     model = build_segformer(int(num_classes), variant)  # checks variant
-    try:
-        model.load_weights(path)
-    except Exception as e:
-        raise ValueError(
-            f"Could not load the weights file {path!r} into a SegFormer "
-            f"{variant!r} with {num_classes} classes "
-            f"({type(e).__name__}: {e})."
-        ) from e
+    with warnings.catch_warnings(record=True) as said:
+        # Keras warns about every container it cannot match before it
+        # fails: kept back unless the weights load.
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+        except Exception as e:
+            raise ValueError(
+                f"Could not load the weights file {path!r} into a SegFormer "
+                f"{variant!r} with {num_classes} classes: {_misfit(e)} Pass "
+                "the `variant` and `num_classes` of the model that saved it "
+                "(CLI: --variant and --num-classes)."
+            ) from e
+    for warning in said:
+        warnings.warn_explicit(
+            warning.message, warning.category, warning.filename, warning.lineno
+        )
     return model
+
+
+# Keras' message for weights that do not fit (it prints the whole variable).
+_MISFIT = re.compile(
+    r"A total of (\d+) objects could not be loaded.*?variable\.shape="
+    r"(\([^)]*\)), Received: value\.shape=(?:torch\.Size\(\[([^\]]*)\]\)"
+    r"|(\([^)]*\))).*?Target variable: <Variable path=([^,]+),",
+    re.DOTALL,
+)
+
+
+def _misfit(error):
+    """One sentence on why weights did not load: the first variable whose
+    shape differs, from Keras' message (or that message's first line)."""
+    text = str(error)
+    found = _MISFIT.search(text)
+    if found is None:
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        return f"{type(error).__name__}: {first[:300]}."
+    count, here, torch_shape, shape, name = found.groups()
+    there = shape or f"({torch_shape}{',' if ',' not in torch_shape else ''})"
+    return (
+        f"{count} of its layers do not fit, e.g. {name} is {here} in this "
+        f"model and {there} in the file."
+    )
 
 
 def _check_finite(model, path):
