@@ -2,6 +2,7 @@
 
 import contextlib
 import inspect
+import sys
 
 import keras
 import numpy as np
@@ -62,6 +63,11 @@ def _task_inputs(backbone, num_classes, id2label):
 def _is_array(x):
     """A single NumPy array or backend tensor (not a dataset, list, dict)."""
     return isinstance(x, np.ndarray) or keras.ops.is_tensor(x)
+
+
+def _is_tf_dataset(x):
+    tf = sys.modules.get("tensorflow")  # a dataset has imported it
+    return tf is not None and isinstance(x, tf.data.Dataset)
 
 
 def _is_auto(value):
@@ -265,7 +271,13 @@ class _TaskModel(ImageInputChecks, DirectGraph, keras.Model):
     def fit(self, *args, **kwargs):
         """``keras.Model.fit``; a data file that a ``tf.data`` pipeline of
         this project cannot use stops it with a ``DataError`` naming the
-        file (TensorFlow would wrap that message in its own error)."""
+        file (TensorFlow would wrap that message in its own error). A
+        ``tf.data.Dataset`` is not shuffled by Keras, which warned on every
+        call that its default ``shuffle=True`` is ignored: the default is
+        False for one."""
+        x = args[0] if args else kwargs.get("x")
+        if len(args) < 8 and "shuffle" not in kwargs and _is_tf_dataset(x):
+            kwargs["shuffle"] = False
         with self._guarded():
             return super().fit(*args, **kwargs)
 
