@@ -197,6 +197,7 @@ BACKEND_INDEPENDENT = {
         "test_a_lost_worker_has_its_own_exit_status",
         "test_model_commands_share_the_model_arguments",
         "test_predict_refuses_bad_arguments",
+        "test_an_error_after_a_progress_line_starts_a_line",
     },
     # The one image decoder: 16-bit and EXIF images, masks, unreadable
     # files (PIL and tf.data, no model).

@@ -495,3 +495,20 @@ def test_weights_of_another_model_in_one_line(tmp_path, capsys):
     line = _short_error(err.splitlines(), weights)
     assert "decode_head/classifier/kernel is (256, 4) in this model" in line
     assert "(256, 3) in the file" in line and len(line) < 500, line
+
+
+def test_an_error_after_a_progress_line_starts_a_line(monkeypatch, capsys):
+    """Keras' progress bar leaves its line open; the error once went on
+    that line (`... 72ms/stepkeras-segformer evaluate: error: ...`)."""
+    from keras_segformer.cli import evaluate
+
+    def run(args):
+        print("1/Unknown 0s 72ms/step", end="")
+        raise ValueError("label 7 in x.png")
+
+    monkeypatch.setattr(evaluate, "run", run)
+    argv = ["evaluate", "--model", "m", "--images", "i", "--masks", "k"]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "1/Unknown 0s 72ms/step\n"
+    assert err == "keras-segformer evaluate: error: label 7 in x.png\n"

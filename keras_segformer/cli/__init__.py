@@ -121,6 +121,8 @@ def main(argv=None):
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = lines = _LineEnds(stdout)
     try:
         # A data error met inside tf.data comes out as its own message.
         with data_errors():
@@ -128,6 +130,29 @@ def main(argv=None):
     except USER_ERRORS as e:
         if _debug(args):
             raise
+        if lines.open:  # a progress bar's line: end it before the error
+            stdout.write("\n")
+            stdout.flush()
         print(f"keras-segformer {args.command}: error: {e}", file=sys.stderr)
         # 2, or the error's own status (a lost worker of a cluster: 3).
         return getattr(e, "exit_status", 2)
+    finally:
+        sys.stdout = stdout
+
+
+class _LineEnds:
+    """``sys.stdout`` as it is, noting whether what was written last left
+    a line open (Keras' progress bar redraws its line without ending it),
+    so that an error message starts on a line of its own."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.open = False
+
+    def write(self, text):
+        if text:
+            self.open = not text.endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
