@@ -103,6 +103,16 @@ def test_fit_is_the_first_call_on_a_dataset_of_full_size_masks():
     assert evaluated["loss"] == pytest.approx(float(expected), rel=1e-4)
 
 
+def test_fit_on_integer_pixels_is_the_input_checks_type_error():
+    """Keras wrapped it in "RuntimeError: Unable to automatically build
+    the model" on JAX and PyTorch (it passes only ValueErrors on)."""
+    images, masks = _data()
+    model = tiny_segformer(num_classes=3)
+    data = _dataset(images.astype("uint8"), masks)
+    with pytest.raises(TypeError, match="dtype uint8 cannot be fed"):
+        model.fit(data, epochs=1, verbose=0)
+
+
 def test_given_parts_replace_just_that_part():
     model = tiny_segformer(num_classes=3)
     model.compile(optimizer=keras.optimizers.SGD(0.1))

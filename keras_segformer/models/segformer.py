@@ -256,6 +256,18 @@ class _TaskModel(ImageInputChecks, DirectGraph, keras.Model):
                     variable._value = value
             raise
 
+    def _symbolic_build(self, *args, **kwargs):
+        # Keras passes a ValueError of the first symbolic call on but wraps
+        # any other in a RuntimeError ("Unable to automatically build the
+        # model"): the input checks' TypeError (integer pixels) comes out
+        # as it is, as on a direct call.
+        try:
+            return super()._symbolic_build(*args, **kwargs)
+        except RuntimeError as e:
+            if isinstance(e.__context__, TypeError):
+                raise e.__context__ from None
+            raise
+
     def make_train_function(self, force=False):
         # Keras' TensorFlow trainer without a distribution strategy builds
         # the optimizer inside the first trace of the train step, and a
