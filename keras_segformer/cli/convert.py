@@ -32,9 +32,7 @@ from keras_segformer.cli.outputs import (
     check_not_input,
     entries,
     listing,
-    move_into_place,
-    remove,
-    temporary_path,
+    written_in_place,
 )
 from keras_segformer.convert.formats import FORMATS
 from keras_segformer.convert.loader import TASKS
@@ -187,12 +185,8 @@ def _save_folder(model, out):
     to ``out`` once complete."""
     from keras_segformer.convert.to_hf import save_pretrained
 
-    temp = temporary_path(out)
-    try:
+    with written_in_place(out) as temp:
         save_pretrained(model, temp)
-        move_into_place(temp, out)
-    finally:
-        remove(temp)
 
 
 def run(args):

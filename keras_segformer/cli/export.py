@@ -35,9 +35,7 @@ from keras_segformer.cli.outputs import (
     check_not_input,
     entries,
     listing,
-    move_into_place,
-    remove,
-    temporary_path,
+    written_in_place,
 )
 from keras_segformer.export.api import FORMATS, QUANTIZATIONS
 
@@ -243,8 +241,7 @@ def run(args):
     model = load_any_model(
         args.model, variant=args.variant, num_classes=args.num_classes
     )
-    temp = temporary_path(args.out)
-    try:
+    with written_in_place(args.out) as temp:
         export_model(
             model,
             temp,
@@ -255,8 +252,5 @@ def run(args):
             quantization=args.quantize,
             representative_images=args.calibration,
         )
-        move_into_place(temp, args.out)
-    finally:
-        remove(temp)
     print(f"Exported {args.format} to {os.path.abspath(args.out)}")
     return 0

@@ -4,6 +4,7 @@ of the same kind is not; replace only with ``--overwrite``; write under a
 temporary name and rename into place (the rule: ``keras_segformer.cli.
 export``'s docstring)."""
 
+import contextlib
 import os
 import shutil
 
@@ -158,3 +159,16 @@ def move_into_place(temp, out):
         os.replace(old, out)
         raise
     remove(old)
+
+
+@contextlib.contextmanager
+def written_in_place(out):
+    """Yield a temporary path beside ``out`` to write to; once the block
+    ends without error, move it into place (``move_into_place``). What is
+    left of it is removed either way."""
+    temp = temporary_path(out)
+    try:
+        yield temp
+        move_into_place(temp, out)
+    finally:
+        remove(temp)
