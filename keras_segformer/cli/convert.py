@@ -24,7 +24,6 @@ Output (``--out``), by the rule of ``export`` (see
 """
 
 import os
-import tempfile
 import zipfile
 
 from keras_segformer.cli.outputs import (
@@ -139,23 +138,14 @@ def add_parser(subparsers):
 
 
 def _save_atomic(model, out):
-    """Write ``out`` through a temporary file, so a failure leaves nothing
-    half-written."""
-    directory = os.path.dirname(os.path.abspath(out))
-    os.makedirs(directory, exist_ok=True)
-    suffix = ".weights.h5" if out.endswith(".weights.h5") else ".keras"
-    fd, temp = tempfile.mkstemp(dir=directory, suffix=".partial" + suffix)
-    os.close(fd)
-    os.remove(temp)  # Keras refuses to overwrite without asking
-    try:
-        if suffix == ".keras":
-            model.save(temp)
-        else:
-            model.save_weights(temp)
-        os.replace(temp, out)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+    """Write the ``.keras`` model or ``.weights.h5`` weights ``out`` through
+    a temporary file (``write_atomic``, as a training run writes its
+    files): a failure leaves nothing half-written."""
+    from keras_segformer.training.run_files import write_atomic
+
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    save = model.save_weights if out.endswith(".weights.h5") else model.save
+    write_atomic(out, save)
 
 
 def _what_is_there(suffix):

@@ -6,11 +6,9 @@ export``'s docstring)."""
 
 import contextlib
 import os
-import shutil
 
-# Marks a file being written, as in a training run:
-# `.model.tmp-<pid>.onnx`.
-_TMP = ".tmp-"
+# A training run's temporaries are named and removed the same way.
+from keras_segformer.training.run_files import _TMP, _remove, temporary_path
 
 
 def entries(folder):
@@ -123,24 +121,6 @@ def check_existing_out(out, overwrite, kind, what_is_there, only=None):
     return True
 
 
-def temporary_path(out):
-    """A hidden name beside ``out`` to write to, with its extension
-    (``out/.model.tmp-41.onnx``)."""
-    folder, name = os.path.split(os.path.abspath(out))
-    stem, ext = os.path.splitext(name)
-    if name.endswith(".weights.h5"):
-        stem, ext = name[: -len(".weights.h5")], ".weights.h5"
-    return os.path.join(folder, f".{stem}{_TMP}{os.getpid()}{ext}")
-
-
-def remove(path):
-    """Remove the file or folder ``path`` if there."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
 def move_into_place(temp, out):
     """Rename the complete ``temp`` to ``out``. A file replaces ``out`` in
     one rename; a folder replacing a folder that is not empty takes two
@@ -158,7 +138,7 @@ def move_into_place(temp, out):
     except BaseException:
         os.replace(old, out)
         raise
-    remove(old)
+    _remove(old)
 
 
 @contextlib.contextmanager
@@ -166,9 +146,9 @@ def written_in_place(out):
     """Yield a temporary path beside ``out`` to write to; once the block
     ends without error, move it into place (``move_into_place``). What is
     left of it is removed either way."""
-    temp = temporary_path(out)
+    temp = temporary_path(os.path.abspath(out))  # `out/` names the folder
     try:
         yield temp
         move_into_place(temp, out)
     finally:
-        remove(temp)
+        _remove(temp)
