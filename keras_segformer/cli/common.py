@@ -15,63 +15,44 @@ MIN_IMAGE_SIZE = min_input_size(
 )
 
 
-def int_at_least(low):
-    """argparse type: an int >= ``low``."""
+def _number(convert, accept, expected):
+    """argparse type: ``convert(text)`` (finite) that ``accept`` takes,
+    else "expected ``expected``, got ``text``"."""
 
     def parse(text):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
             value = None
-        if value is None or value < low:
+        if value is None or not math.isfinite(value) or not accept(value):
             raise argparse.ArgumentTypeError(
-                f"expected an int >= {low}, got {text!r}"
+                f"expected {expected}, got {text!r}"
             )
         return value
 
     return parse
 
 
-def image_size(text):
-    """argparse type: an image side the network accepts."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < MIN_IMAGE_SIZE:
-        raise argparse.ArgumentTypeError(
-            f"expected an image side >= {MIN_IMAGE_SIZE} (the smallest "
-            f"SegFormer accepts), got {text!r}"
-        )
-    return value
+def int_at_least(low):
+    """argparse type: an int >= ``low``."""
+    return _number(int, lambda v: v >= low, f"an int >= {low}")
+
+
+# argparse type: an image side the network accepts.
+image_size = _number(
+    int,
+    lambda v: v >= MIN_IMAGE_SIZE,
+    f"an image side >= {MIN_IMAGE_SIZE} (the smallest SegFormer accepts)",
+)
 
 
 def float_at_least(low):
     """argparse type: a finite float >= ``low``."""
-
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value < low:
-            raise argparse.ArgumentTypeError(
-                f"expected a number >= {low:g}, got {text!r}"
-            )
-        return value
-
-    return parse
+    return _number(float, lambda v: v >= low, f"a number >= {low:g}")
 
 
-def positive_float(text):
-    """argparse type: a finite float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+# argparse type: a finite float > 0.
+positive_float = _number(float, lambda v: v > 0, "a number > 0")
 
 
 def output_folder(path, flag="--out"):
