@@ -366,6 +366,7 @@ def test_train_out_that_cannot_be_a_folder(tmp_path, capsys, kind):
     args = ["train", "--num-classes", "3", "--images", "i", "--masks", "m"]
     assert main(args + ["--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"keras-segformer train: error: --out {out}"), err
+    expected = f"keras-segformer train: error: --out {str(out)!r}"
+    assert err.startswith(expected), err
     assert len(err.splitlines()) == 1
     assert (tmp_path / "taken").read_text() == "mine"

@@ -4,6 +4,7 @@ folders, labels."""
 import argparse
 import math
 import os
+import tempfile
 
 from keras_segformer.configs import COMMON, min_input_size
 
@@ -56,15 +57,19 @@ positive_float = _number(float, lambda v: v > 0, "a number > 0")
 
 
 def output_folder(path, flag="--out"):
-    """Create the output folder ``path`` (and its parents) if needed, with
-    an error naming ``flag`` where it is a file or cannot be created."""
+    """Create the output folder ``path`` (with its parents) and check it is
+    writable, with an error naming ``flag`` where it is a file or cannot be
+    created or written."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a file, not a folder.")
+        raise ValueError(f"{flag} {path!r} is a file, not a folder.")
     try:
         os.makedirs(path, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test")
+        probe.close()
     except OSError as e:
+        reason = e.strerror or str(e)
         raise ValueError(
-            f"{flag} {path}: cannot create the folder ({e.strerror})."
+            f"{flag} {path!r}: cannot write to this folder ({reason})."
         ) from None
 
 

@@ -142,9 +142,6 @@ def add_parser(subparsers):
     return parser
 
 
-# ---------------------------------------------------------------- export
-
-
 def _head(path, size=8):
     with open(path, "rb") as f:
         return f.read(size)

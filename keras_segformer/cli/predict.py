@@ -15,7 +15,6 @@ Example:
 
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from keras_segformer.cli.common import (
     add_model_arguments,
     image_size,
     int_at_least,
+    output_folder,
     positive_float,
 )
 from keras_segformer.decode import IMAGE_EXTENSIONS
@@ -163,25 +163,6 @@ def resolve_palette(spec, model):
     return spec, names
 
 
-def check_output_dir(path):
-    """Create the output folder (with its parents) and check it is writable.
-
-    Args:
-        path: str. ``--output``.
-    """
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--output {path!r} is a file, not a folder.")
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test")
-        probe.close()
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise ValueError(
-            f"--output {path!r}: cannot write to this folder ({reason})."
-        ) from None
-
-
 def _read_images(paths):
     """Decode what can be decoded; ``(images, kept indices, failures)``."""
     from keras_segformer.inference import load_image
@@ -222,7 +203,7 @@ def run(args):
         raise ValueError("--slide needs --crop-size H W.")
     if not args.slide and (args.crop_size or args.stride):
         raise ValueError("--crop-size and --stride are used with --slide.")
-    check_output_dir(args.output)
+    output_folder(args.output, "--output")
     model = load_any_model(
         args.model, variant=args.variant, num_classes=args.num_classes
     )
