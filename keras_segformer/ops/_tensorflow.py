@@ -5,7 +5,6 @@ The Keras layers already map to fused oneDNN kernels, so dense and the
 convolutions need nothing here.
 """
 
-import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
@@ -52,14 +51,6 @@ def softmax_cross_entropy(logits, labels):
 @losses.argmax.register("tensorflow", "cpu")
 def argmax(x, axis=-1):
     return tf.argmax(x, axis=axis, output_type="int32")
-
-
-def _handle(variable):
-    """The resource handle of a Keras or TensorFlow variable (under a
-    tf.distribute update: the current device's copy)."""
-    if isinstance(variable, keras.Variable):
-        variable = variable.value
-    return variable.handle
 
 
 @optimizer_ops.adamw_update.register("tensorflow", "cpu")
@@ -118,10 +109,12 @@ def adamw_update(
     ):
         if decay is not None:
             variable.assign_sub(variable * decay)
+        # Keras' TensorFlow variables give their tf.Variable's handle (under
+        # a tf.distribute update: the current device's copy).
         common = dict(
-            var=_handle(variable),
-            m=_handle(m),
-            v=_handle(v),
+            var=variable.handle,
+            m=m.handle,
+            v=v.handle,
             beta1_power=zero,
             beta2_power=zero,
             lr=alpha,
@@ -131,9 +124,7 @@ def adamw_update(
         if v_hat is None:
             tf.raw_ops.ResourceApplyAdam(**common)
         else:
-            tf.raw_ops.ResourceApplyAdamWithAmsgrad(
-                vhat=_handle(v_hat), **common
-            )
+            tf.raw_ops.ResourceApplyAdamWithAmsgrad(vhat=v_hat.handle, **common)
 
 
 @checks.assert_image_size.register("tensorflow", *DEVICE_KINDS, always=True)
