@@ -1,5 +1,8 @@
 """User-facing error types and the bridge out of ``tf.data``.
 
+``DataError`` (a data file) and ``CheckpointError`` (a checkpoint file)
+are ``ValueError`` subclasses: the command line prints them as one line.
+
 A data error (unreadable file, mask size mismatch, label out of range)
 found inside a ``tf.data`` pipeline crosses TensorFlow's runtime: Python
 raises a ``ValueError`` in ``tf.numpy_function``, TensorFlow turns it into
@@ -23,6 +26,33 @@ _TAGGED = re.compile(re.escape(_START) + "(.*?)" + re.escape(_END), re.S)
 class DataError(ValueError):
     """A data file is unreadable or does not fit the model (it names the
     file)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, corrupt or has an unexpected layout.
+
+    Also importable as ``keras_segformer.convert.CheckpointError``.
+    """
+
+
+def sample(names, n=6, sep=", "):
+    """The first ``n`` of ``names`` (sorted), then ``...`` if there are
+    more: a short list for a message.
+
+    Args:
+        names: iterable of str.
+        n: int. How many to show.
+        sep: str. Between two names.
+
+    Returns:
+        str.
+
+    Example:
+    >>> sample(["c", "a", "b"], n=2)
+    'a, b ...'
+    """
+    names = sorted(names)
+    return sep.join(names[:n]) + (" ..." if len(names) > n else "")
 
 
 def tag(message):

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_segformer.convert.state_dict import CheckpointError
+from keras_segformer.errors import CheckpointError, sample
 
 
 def _linear(w):  # torch Linear (out, in) -> Dense (in, out)
@@ -41,12 +41,6 @@ TRANSFORMS = {
     "conv1x1": _conv1x1_dense,
     "identity": _identity,
 }
-
-
-def sample(keys, n=6, sep=", "):
-    """The first ``n`` of ``keys`` (sorted), then ``...`` if there are more."""
-    keys = sorted(keys)
-    return sep.join(keys[:n]) + (" ..." if len(keys) > n else "")
 
 
 _ARCHITECTURE_FIELDS = (

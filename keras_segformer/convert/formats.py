@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from keras_segformer.convert import hf, mmseg, nvlabs
-from keras_segformer.convert.assign import sample
-from keras_segformer.convert.state_dict import CheckpointError
+from keras_segformer.errors import CheckpointError, sample
 
 
 def _same_name(canonical, prefix):

@@ -22,7 +22,7 @@ import zipfile
 
 import numpy as np
 
-from keras_segformer.convert.state_dict import CheckpointError
+from keras_segformer.errors import CheckpointError
 
 # torch typed storage class -> numpy dtype ("bfloat16" is widened later).
 STORAGE_DTYPES = {

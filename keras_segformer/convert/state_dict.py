@@ -6,9 +6,8 @@ import zipfile
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable, corrupt or has an unexpected layout."""
+# Defined with the other error types; imported from here too.
+from keras_segformer.errors import CheckpointError  # noqa: F401
 
 
 def _to_numpy(tensor):

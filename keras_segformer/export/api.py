@@ -14,32 +14,26 @@ import keras
 import numpy as np
 
 from keras_segformer.decode import IMAGE_EXTENSIONS
+
+# In their own module, which tf_export.py reads too; imported from here too.
+from keras_segformer.export.formats import (
+    FORMATS,
+    INPUT_DTYPES,
+    ONNX_OPSET,  # noqa: F401
+    QUANTIZATIONS,
+    model_normalizes,
+)
 from keras_segformer.inference.processing import (
     _check_pair,
     load_image,
     resize_image,
 )
 
-FORMATS = ("saved_model", "tflite", "onnx")
-QUANTIZATIONS = ("float16", "int8")
-INPUT_DTYPES = ("float32", "uint8")
-ONNX_OPSET = 17
 # Default calibration: this many synthetic images (keras_segformer.data
 # .synthetic) at the fixed input size, or at this size for dynamic models.
 NUM_SYNTHETIC_CALIBRATION = 32
 SYNTHETIC_CALIBRATION_SIZE = (256, 256)
 MAX_CALIBRATION_IMAGES = 500
-
-
-def model_normalizes(model):
-    """Whether the model takes raw 0-255 pixels itself
-    (``include_preprocessing=True`` backbone).
-
-    Args:
-        model: ``keras.Model``.
-    """
-    backbone = getattr(model, "backbone", None)
-    return bool(getattr(backbone, "include_preprocessing", False))
 
 
 def _image_files(directory):

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_segformer.export.api import ONNX_OPSET, model_normalizes
+from keras_segformer.export.formats import ONNX_OPSET, model_normalizes
 from keras_segformer.inference.processing import normalize_image
 from keras_segformer.layers.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
