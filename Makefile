@@ -3,6 +3,9 @@
 #                 write prediction overlays (see README)
 #   make test   - ruff + the whole test suite on TensorFlow, JAX and PyTorch
 #                 (in parts, two at a time: TEST_JOBS=1 for one by one)
+#   make docs   - build the documentation site (docs/ -> site/) with
+#                 mkdocs build --strict: every warning, broken link or
+#                 unresolved reference fails (adds the `docs` extra)
 #   make benchmark - side-by-side speed/memory vs transformers and keras-hub
 #                 (adds the `bench` extra; writes benchmark_out/)
 
@@ -62,7 +65,7 @@ _ranked = $(foreach p,$(TEST_ORDER),$(or $(filter $p,$(_parts)),$(and \
 TEST_PARTS := $(addprefix test-,$(_ranked) $(filter-out $(_ranked),$(_parts)))
 PART_TARGETS := $(foreach b,$(BACKENDS),test-$b-1 test-$b-2)
 
-.PHONY: setup demo test lint format benchmark $(addprefix test-,$(BACKENDS)) \
+.PHONY: setup demo test lint format benchmark docs $(addprefix test-,$(BACKENDS)) \
 	$(PART_TARGETS)
 
 setup: $(VENV)/.installed
@@ -112,6 +115,18 @@ $(PART_TARGETS): test-%: setup
 	$(call run_pytest,$(subst -$(lastword $(subst -, ,$*)),,$*),$* \
 	  (part $(lastword $(subst -, ,$*)) of 2),$(if \
 	  $(filter %-1,$*),$(TEST_SPLIT),$(TEST_SPLIT:%=--ignore=%)))
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet \
+	  --site-dir site
+
+# The `docs` extra's requirements (read from pyproject.toml; the package
+# itself is already installed by setup).
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PY) -m pip install -q $$($(PY) -c "import tomllib; print(' '.join( \
+	  tomllib.load(open('pyproject.toml', 'rb'))['project'] \
+	  ['optional-dependencies']['docs']))")
+	touch $@
 
 demo: setup
 	$(PY) -m keras_segformer demo --out demo_out
