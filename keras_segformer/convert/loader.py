@@ -349,8 +349,10 @@ def load_checkpoint(
         backbone_only: bool. Load the encoder under a fresh head.
         variant: str or None. ``"b0"`` ... ``"b5"``: heads and strides
             from the table (depths and hidden sizes checked).
-        num_heads, strides: lists of ints or None. Per stage, for hidden
-            sizes or patch sizes that match no variant.
+        num_heads: list of ints or None. Attention heads per stage, for
+            hidden sizes that match no variant.
+        strides: list of ints or None. Patch-embedding strides per stage,
+            for patch sizes that match no variant.
         decoder_hidden_size: int or None. Decoder channels of a new head.
         head: str or None. A new head's type, ``"mlp"`` or ``"mmseg"``.
         **kwargs: backbone options (``input_shape``, ``dtype``,

@@ -229,18 +229,24 @@ def make_dataset(
         masks: folder or list of mask files (paired by position).
         batch_size: int. Batch size.
         training: bool. Augment (training) or not (evaluation).
-        crop_size, base_size, ratio_range, cat_max_ratio, photometric,
-            flip_prob: the training augmentation (``augment``):
-            output size (int or pair), mmseg ``img_scale`` (or None),
-            rescale ratios (or None), crop retry threshold (1.0 disables),
-            photometric distortion (bool), flip probability.
+        crop_size: int or pair. Training output size (random crop).
+        base_size: pair or None. mmseg's ``img_scale``: images are
+            rescaled to fit it (aspect kept) times a random ratio.
+        ratio_range: pair or None. The random rescale ratios.
+        cat_max_ratio: float. Crop retry threshold: retry until no class
+            covers more of the crop (1.0 disables).
+        photometric: bool. Photometric distortion (brightness, contrast,
+            saturation, hue).
+        flip_prob: float. Probability of a horizontal flip.
         num_classes: int or None. Label ids (after remapping) other than
             255 must be below it.
         reduce_labels: bool. ADE20K: 0 -> 255, k -> k - 1, 255 stays.
         label_map: dict or None. Raw id -> training id; ids not in the map
             become 255. Applied before ``reduce_labels``.
-        mean, std: 3 floats each (0..255 RGB), or both None: 0..255 images
-            (for models with in-model preprocessing).
+        mean: 3 floats (0..255 RGB) or None. Normalization mean; ``mean``
+            and ``std`` both None give 0..255 images (for models with
+            in-model preprocessing).
+        std: 3 floats (0..255 RGB) or None. Normalization std.
         shuffle: bool or None. Shuffle every epoch; None: ``training``.
         seed: int or None. Reproducible shuffling and augmentation.
         repeat: bool. Repeat forever (then pass ``steps_per_epoch``).

@@ -46,8 +46,13 @@ def build_mit(
     Args:
         variant: str or None. ``"b0"`` ... ``"b5"``; fields given explicitly
             override the variant's.
-        depths, hidden_sizes, num_heads, sr_ratios, patch_sizes, strides,
-            mlp_ratios: per-stage lists (see ``MiTBackbone``).
+        depths: list of ints or None. Blocks per stage.
+        hidden_sizes: list of ints or None. Channels per stage.
+        num_heads: list of ints or None. Attention heads per stage.
+        sr_ratios: list of ints or None. Spatial-reduction ratios.
+        patch_sizes: list of ints or None. Patch-embedding kernel sizes.
+        strides: list of ints or None. Patch-embedding strides.
+        mlp_ratios: list of ints or None. Mix-FFN expansion per stage.
         **kwargs: other ``MiTBackbone`` arguments (``drop_path_rate``,
             ``dropout``, ``attention_dropout``, ``layer_norm_epsilon``,
             ``input_shape``, ``include_preprocessing``, ``dtype``, ``name``).
