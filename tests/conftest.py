@@ -224,6 +224,22 @@ BACKEND_INDEPENDENT = {
         "test_a_second_run_is_refused_and_touches_nothing",
         "test_the_lock_is_released_after_the_run_and_after_an_error",
     },
+    # Atomic writes, links, ownership, exit statuses, size bounds (files,
+    # PIL, argument checks; no model).
+    "test_reliability_files.py": {
+        "test_write_atomic_replaces_a_link_and_a_link_at_the_temporary",
+        "test_masks_and_overlays_replace_links",
+        "test_exports_and_conversions_replace_links",
+        "test_a_failed_write_leaves_the_old_file_and_no_temporary",
+        "test_the_run_lock_does_not_follow_a_link",
+        "test_overwrite_removes_only_the_files_a_run_wrote",
+        "test_train_overwrite_refuses_a_folder_that_never_held_a_run",
+        "test_predict_never_replaces_an_input_or_a_mask_beside_it",
+        "test_predict_does_not_read_its_outputs_and_names_never_collide",
+        "test_interrupts_and_faults_are_one_line_and_a_status",
+        "test_sizes_that_cannot_fit_are_refused_before_any_work",
+        "test_a_keras_zip_that_inflates_too_far_is_refused_unread",
+    },
     # The get_config helper on a plain object (no Keras object).
     "test_serializable.py": {
         "test_attribute_config_reads_names_then_renamed_keys",
@@ -261,6 +277,11 @@ BACKEND_INDEPENDENT = {
 # test_keras_way and test_journey.
 ONCE_ON = "torch"
 RUN_ONCE = {
+    # HDF5 kept off the disk (h5py's writer is the same on every backend);
+    # a subprocess with its own Keras import.
+    "test_reliability_files.py": {
+        "test_weights_on_a_full_disk_end_in_one_line",
+    },
     "test_train_resume.py": {
         "test_log_has_one_row_per_epoch_when_killed_before_the_backup",
         "test_fit_refuses_another_model_and_names_the_run",

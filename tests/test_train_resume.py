@@ -295,6 +295,8 @@ def test_fit_on_a_finished_run_loads_it_and_trains_nothing(shapes, tmp_path):
 
 
 def test_files_without_a_run_record_are_refused_and_overwritten(tmp_path):
+    """Files of a run's names without run.json are not a run's: refused,
+    and --overwrite does not remove them either."""
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "epoch-001.weights.h5").write_bytes(b"x")
     (tmp_path / "log.csv").write_text("epoch,loss\n0,1.0\n")
@@ -302,9 +304,18 @@ def test_files_without_a_run_record_are_refused_and_overwritten(tmp_path):
     with pytest.raises(ValueError) as e:
         trainer.check_run(tmp_path, epochs=1, settings={"--variant": "b0"})
     assert str(e.value) == (
-        f"{tmp_path} holds log.csv, checkpoints but no run.json: not a run "
-        "that can be resumed; pass --overwrite / another --out."
+        f"{tmp_path} holds log.csv, checkpoints but no run.json: not a "
+        "training run (these are not a run's files, and --overwrite "
+        "removes only a run's). Move them, or choose another --out."
     )
+    with pytest.raises(ValueError, match="never held a training run"):
+        trainer.clear_run(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [
+        "checkpoints",
+        "log.csv",
+        "mine.txt",
+    ]
+    (tmp_path / "run.json").write_text("{}")  # now a run's folder
     trainer.clear_run(tmp_path)
     assert os.listdir(tmp_path) == ["mine.txt"]
     assert trainer.check_run(tmp_path, epochs=1).source is None

@@ -11,7 +11,10 @@ wrong and exits with status 2; ``--debug`` (or the environment variable
 exception is a bug and keeps its traceback. ``predict`` exits with status
 1 when some images of a folder could not be read (the others are written);
 ``train`` exits with status 3 when another worker of its cluster was lost
-(the same command again resumes).
+(the same command again resumes); ``4`` when a file could not be written
+for lack of space (one line naming it; nothing half written, an earlier
+file of that name kept); ``130`` when interrupted (Ctrl-C: one line, no
+traceback; a training run resumes from its last complete epoch).
 """
 
 import argparse
@@ -23,6 +26,8 @@ import sys
 # (CheckpointError and DataError are ValueErrors.)
 USER_ERRORS = (ValueError, TypeError, OSError)
 DEBUG_ENV = "KERAS_SEGFORMER_DEBUG"
+# Exit status of a command interrupted by Ctrl-C (128 + SIGINT, as shells).
+INTERRUPTED_STATUS = 130
 _DEBUG_HELP = f"show the full traceback of an error (or set {DEBUG_ENV}=1)"
 
 # Module name per sub-command, in the order shown by --help.
@@ -114,8 +119,36 @@ def main(argv=None):
     Returns:
         int. Exit status: 0 done, 1 some inputs skipped (``predict``), 2 a
         user error (printed as one message), 3 a lost worker of a cluster
-        (``train``; run the same command again).
+        (``train``; run the same command again), 4 a disk full while a
+        file was written, 130 interrupted (Ctrl-C).
     """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        if _debug_requested(argv):
+            raise
+        command = _command_name(argv)
+        sys.stdout.flush()
+        print(
+            f"\nkeras-segformer{command}: interrupted; no file was left half "
+            "written (a training run resumes from its last complete epoch "
+            "when the same command is run again).",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_STATUS
+
+
+def _debug_requested(argv):
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or _debug(argparse.Namespace(debug=False))
+
+
+def _command_name(argv):
+    argv = sys.argv[1:] if argv is None else argv
+    return next((f" {a}" for a in argv if a in COMMANDS), "")
+
+
+def _main(argv):
     _use_jax_compilation_cache()
     from keras_segformer.errors import data_errors
 

@@ -1,14 +1,17 @@
 """``--out`` of the commands that write a model or an export (``export``,
 ``convert``): refuse the input, a training run and what an earlier output
 of the same kind is not; replace only with ``--overwrite``; write under a
-temporary name and rename into place (the rule: ``keras_segformer.cli.
-export``'s docstring)."""
+temporary name and rename into place (``keras_segformer.io_atomic``; the
+rule: ``keras_segformer.cli.export``'s docstring)."""
 
-import contextlib
 import os
 
-# A training run's temporaries are named and removed the same way.
-from keras_segformer.training.run_files import _TMP, _remove, temporary_path
+# The package's one writer (re-exported: export and convert use them).
+from keras_segformer.io_atomic import (  # noqa: F401
+    move_into_place,
+    occupied,
+    written_in_place,
+)
 
 
 def entries(folder):
@@ -18,14 +21,6 @@ def entries(folder):
 def listing(names, limit=4):
     shown = ", ".join(names[:limit])
     return shown + (" ..." if len(names) > limit else "")
-
-
-def occupied(path):
-    """Whether ``path`` holds something to lose: a file (or link), or a
-    folder that is not empty."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        return bool(entries(path))
-    return os.path.lexists(path)
 
 
 def _inside(path, folder):
@@ -119,36 +114,3 @@ def check_existing_out(out, overwrite, kind, what_is_there, only=None):
             "or choose another --out."
         )
     return True
-
-
-def move_into_place(temp, out):
-    """Rename the complete ``temp`` to ``out``. A file replaces ``out`` in
-    one rename; a folder replacing a folder that is not empty takes two
-    (the old one is moved aside, then deleted; a kill in between leaves it
-    hidden beside ``out``)."""
-    out = os.path.abspath(out)
-    if not (os.path.isdir(temp) and occupied(out)):
-        os.replace(temp, out)
-        return
-    folder, name = os.path.split(out)
-    old = os.path.join(folder, f".{name}.replaced{_TMP}{os.getpid()}")
-    os.replace(out, old)
-    try:
-        os.replace(temp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    _remove(old)
-
-
-@contextlib.contextmanager
-def written_in_place(out):
-    """Yield a temporary path beside ``out`` to write to; once the block
-    ends without error, move it into place (``move_into_place``). What is
-    left of it is removed either way."""
-    temp = temporary_path(os.path.abspath(out))  # `out/` names the folder
-    try:
-        yield temp
-        move_into_place(temp, out)
-    finally:
-        _remove(temp)

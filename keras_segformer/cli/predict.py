@@ -6,6 +6,13 @@ read back with ``np.array(PIL.Image.open(...))``) and ``NAME_overlay.png``
 classes present) into the output folder. Unreadable images of a folder
 are skipped, listed at the end, and make the exit status 1.
 
+Outputs are written atomically and never replace a file ``predict`` did
+not write (an input, a mask beside its image, a link): such a name is
+refused before the model is loaded. Two inputs never share output names
+(``a.png`` and ``a.jpg`` give ``a_png_mask.png`` and ``a_jpg_mask.png``),
+and the masks and overlays of an earlier run into the input folder are
+not read as images.
+
 Example:
     keras-segformer predict --model hf-b0-ade/ --input photos/ \\
         --output out/ --palette ade20k
@@ -87,7 +94,8 @@ def list_images(path):
     """The image files to segment: ``path`` itself or a folder's images.
 
     Args:
-        path: str. An image file or a folder (not searched recursively).
+        path: str. An image file or a folder (not searched recursively;
+            the masks and overlays ``predict`` wrote there are left out).
 
     Returns:
         sorted list of file paths.
@@ -96,12 +104,15 @@ def list_images(path):
         return [path]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"Input not found: {path!r}")
+    # Masks and overlays of an earlier predict into this folder are its
+    # outputs, never its inputs.
     files = sorted(
         os.path.join(path, name)
         for name in os.listdir(path)
         if name.lower().endswith(IMAGE_EXTENSIONS)
         and not name.startswith(".")
         and os.path.isfile(os.path.join(path, name))
+        and not _is_output(os.path.join(path, name))
     )
     if not files:
         raise ValueError(
@@ -111,13 +122,165 @@ def list_images(path):
 
 
 def _output_stems(files):
-    # NAME for NAME.ext; NAME_ext where two inputs share a NAME.
+    """One output stem per input, never the same twice (case ignored, as
+    some file systems do): NAME for NAME.ext; NAME_ext where two inputs
+    share a NAME; a number appended where that still collides."""
     stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
-    counts = {s: stems.count(s) for s in stems}
-    return [
-        s if counts[s] == 1 else os.path.basename(f).replace(".", "_")
+    counts = {}
+    for stem in stems:
+        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
+    chosen = [
+        s if counts[s.lower()] == 1 else os.path.basename(f).replace(".", "_")
         for s, f in zip(stems, files)
     ]
+    taken, unique = set(), []
+    for stem in chosen:
+        candidate, n = stem, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{stem}_{n}"
+        taken.add(candidate.lower())
+        unique.append(candidate)
+    return unique
+
+
+def output_paths(output, stem):
+    """``(mask, overlay)`` paths ``predict`` writes for ``stem``."""
+    return tuple(
+        os.path.join(output, f"{stem}_{kind}.png")
+        for kind in ("mask", "overlay")
+    )
+
+
+def _is_output(path):
+    """Whether ``path`` is a mask or overlay that this package wrote (an
+    output of an earlier ``predict``, not an input)."""
+    from keras_segformer.inference.visualize import written_here
+
+    name = os.path.basename(path).lower()
+    return name.endswith(("_mask.png", "_overlay.png")) and written_here(path)
+
+
+def check_outputs(files, output, stems):
+    """Refuse, before any work, to replace a file ``predict`` did not write.
+
+    Every output name is new, or a mask or overlay this package wrote
+    earlier (``written_here``); an input, a ground-truth mask beside its
+    image, a link or any other file is never replaced.
+
+    Raises:
+        ValueError: naming the first such file and the input it belongs
+            to.
+    """
+    from keras_segformer.inference.visualize import written_here
+
+    inputs = {os.path.realpath(f) for f in files}
+    for path, stem in zip(files, stems):
+        for out in output_paths(output, stem):
+            if not os.path.lexists(out) or written_here(out):
+                continue
+            if os.path.realpath(out) in inputs:
+                what = "is an input image"
+            elif os.path.islink(out):
+                what = "is a link"
+            else:
+                what = "exists and was not written by predict"
+            raise ValueError(
+                f"--output {output}: {out} (the output for {path}) {what}; "
+                "predict never replaces a file it did not write. Choose "
+                "another --output."
+            )
+
+
+def available_memory():
+    """Bytes of memory available to this process now: ``MemAvailable``
+    of ``/proc/meminfo``, else free pages (``os.sysconf``); None where
+    neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_needed(image_size, model, scales, flip, crop_size, batch_size):
+    """Rough bytes ``predict`` needs for one image of ``(height, width)``:
+    the model's largest activation (stage 1 at a quarter of the view's
+    size: its attention over the reduced keys, its Mix-FFN, the decode
+    head's concatenated features) for a batch of views (a window's size
+    with ``--slide``), plus the float32 logits kept per view at the
+    image's size. An estimate to refuse sizes that cannot fit, not a
+    bound."""
+    height, width = image_size
+    backbone = getattr(model, "backbone", None)
+    hidden = list(getattr(backbone, "hidden_sizes", None) or [64])
+    decoder = int(getattr(model, "decoder_hidden_size", None) or 768)
+    classes = int(model.output.shape[-1])
+    views = len(scales) * (2 if flip else 1)
+    largest = 0
+    for scale in scales:
+        view = (height * scale, width * scale)
+        if crop_size is not None:
+            view = tuple(min(v, c) for v, c in zip(view, crop_size))
+        tokens = (view[0] / 4) * (view[1] / 4)
+        activation = tokens * max(
+            tokens / 64,  # stage-1 attention: keys reduced 8x8, one head
+            4 * hidden[0],  # Mix-FFN
+            5 * decoder,  # decode head: 4 maps concatenated, then fused
+        )
+        logits = view[0] * view[1] * classes  # before the resize
+        largest = max(largest, activation + logits)
+    batch = min(batch_size, views) if crop_size is None else batch_size
+    kept = views * height * width * classes * (2 if crop_size else 1)
+    scaled = max(scales) ** 2 * height * width * (classes + 3)
+    # float32, and a factor for the tensors alive beside the largest.
+    return int(4 * (2 * batch * largest + kept + scaled))
+
+
+def check_memory(files, model, args):
+    """Refuse, before any image is decoded, an image and ``--scales`` that
+    need more memory than is available (``memory_needed``), naming the
+    flag and ``--slide``."""
+    from PIL import Image
+
+    available = available_memory()
+    if available is None:
+        return
+    crop = tuple(args.crop_size) if args.slide else None
+    for path in files:
+        try:
+            with Image.open(path) as image:  # the header only
+                width, height = image.size
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # said where the image is read
+        need = memory_needed(
+            (height, width),
+            model,
+            args.scales,
+            args.flip,
+            crop,
+            args.batch_size,
+        )
+        if need <= available:
+            continue
+        scales = " ".join(f"{s:g}" for s in args.scales)
+        hint = (
+            "smaller --crop-size / --batch-size"
+            if args.slide
+            else "--slide --crop-size 512 512 (windows bound the memory)"
+        )
+        raise ValueError(
+            f"--scales {scales} on {path} ({width}x{height}) needs about "
+            f"{need / 2**30:.1f} GiB, more than the "
+            f"{available / 2**30:.1f} GiB of memory available: use smaller "
+            f"--scales, or {hint}."
+        )
 
 
 def _matches(names, reference):
@@ -204,9 +367,12 @@ def run(args):
     if not args.slide and (args.crop_size or args.stride):
         raise ValueError("--crop-size and --stride are used with --slide.")
     output_folder(args.output, "--output")
+    stems = _output_stems(files)
+    check_outputs(files, args.output, stems)
     model = load_any_model(
         args.model, variant=args.variant, num_classes=args.num_classes
     )
+    check_memory(files, model, args)
     segmenter = Segmenter(
         model,
         mode="slide" if args.slide else "whole",
@@ -222,7 +388,6 @@ def run(args):
         import keras
 
         progress = keras.utils.Progbar(len(files), unit_name="image")
-    stems = _output_stems(files)
     failed = []
     written = 0
     for start in range(0, len(files), args.batch_size):

@@ -276,7 +276,12 @@ def _train(args, replicas=None):
         steps = max(1, len(images) // args.batch_size)
     settings = _settings(args, steps)
     resume = False
-    if not args.overwrite:
+    if args.overwrite:
+        from keras_segformer.training.run_files import check_overwrite
+
+        # Refused before anything is built: not a run's files.
+        check_overwrite(args.out, settings)
+    else:
         # Before anything is built: a finished run is a quick no-op.
         status = trainer.check_run(
             args.out, epochs=args.epochs, settings=settings

@@ -12,6 +12,44 @@ import numpy as np
 _WEIGHT_SUFFIXES = (".weights.h5",)
 
 
+# Bounds on what a .keras archive may inflate to, read from its zip
+# directory before any member is read. A SegFormer-B5 with its optimizer
+# state is about 1 GiB; model weights compress little (float32 noise),
+# a zip bomb a thousandfold.
+MAX_KERAS_BYTES = 2 * 2**30
+MAX_KERAS_RATIO = 20
+_RATIO_FROM_BYTES = 16 * 2**20
+
+
+def check_keras_archive(path):
+    """Refuse a ``.keras`` zip whose members would inflate past a sane
+    bound, from the sizes in its zip directory, before anything is read.
+
+    Raises:
+        ValueError: the archive inflates past ``MAX_KERAS_BYTES`` in all,
+            or a member of more than 16 MiB past ``MAX_KERAS_RATIO`` times
+            its compressed size; the message names the member.
+    """
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+    total = sum(m.file_size for m in members)
+    for m in members:
+        ratio = m.file_size / max(m.compress_size, 1)
+        if m.file_size > _RATIO_FROM_BYTES and ratio > MAX_KERAS_RATIO:
+            raise ValueError(
+                f"{path!r}: its member {m.filename!r} inflates to "
+                f"{m.file_size / 2**20:.0f} MiB, {ratio:.0f} times its "
+                f"compressed size (model weights compress at most "
+                f"{MAX_KERAS_RATIO} times): not a model file; not read."
+            )
+    if total > MAX_KERAS_BYTES:
+        raise ValueError(
+            f"{path!r} inflates to {total / 2**30:.1f} GiB, more than the "
+            f"{MAX_KERAS_BYTES / 2**30:.0f} GiB any SegFormer model file "
+            "takes: not read."
+        )
+
+
 def _load_keras_file(path):
     if not zipfile.is_zipfile(path):
         # Keras would say "File not found" about a file that is there.
@@ -19,6 +57,7 @@ def _load_keras_file(path):
             f"{path!r} is not a Keras model file: a .keras file is a zip "
             "archive written by model.save; this one is corrupt or truncated."
         )
+    check_keras_archive(path)  # before Keras inflates any member
     try:
         model = keras.saving.load_model(path)
     except Exception as e:

@@ -3,10 +3,11 @@
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from keras_segformer.inference.palettes import generic_palette, get_palette
 from keras_segformer.inference.processing import load_image
+from keras_segformer.io_atomic import write_atomic
 
 
 def _as_mask(mask):
@@ -185,6 +186,40 @@ def overlay_with_legend(
     return canvas
 
 
+# The PNG text entry that marks the files written here: the command line
+# replaces such a file, and no other (``written_here``).
+PNG_MARK = ("Software", "keras-segformer")
+
+
+def save_png(image, path):
+    """Write the PIL ``image`` to ``path`` as a PNG marked ``PNG_MARK``,
+    atomically (``keras_segformer.io_atomic.write_atomic``: a link at
+    ``path`` is replaced, never written through)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*PNG_MARK)
+
+    def write(temporary):
+        with open(temporary, "xb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+
+    write_atomic(path, write)
+
+
+def written_here(path):
+    """Whether ``path`` is a PNG file written by ``save_png`` (a mask or
+    an overlay of this package); False for a link, a folder, any other
+    file."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                return False
+            return image.info.get(PNG_MARK[0]) == PNG_MARK[1]
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
 def save_mask(mask, path, palette=None):
     """Write a class-index mask as a lossless PNG.
 
@@ -192,6 +227,8 @@ def save_mask(mask, path, palette=None):
     show in colour while its pixel values stay the class indices; larger
     indices into a 16-bit grayscale PNG. ``np.array(PIL.Image.open(path))``
     reads the mask back unchanged.
+    Written atomically (``save_png``): a link at ``path`` is replaced, not
+    written through.
 
     Args:
         mask: integer array ``(height, width)`` with values 0..65535.
@@ -214,7 +251,7 @@ def save_mask(mask, path, palette=None):
         image.putpalette(colours.reshape(-1).tolist())
     else:
         image = Image.fromarray(mask.astype(np.uint16))
-    image.save(os.fspath(path), format="PNG")
+    save_png(image, path)
 
 
 def save_prediction(
@@ -258,5 +295,5 @@ def save_prediction(
         picture = overlay_with_legend(image, mask, palette, class_names, alpha)
     else:
         picture = Image.fromarray(overlay(image, mask, palette, alpha))
-    picture.save(overlay_path, format="PNG")
+    save_png(picture, overlay_path)
     return mask_path, overlay_path

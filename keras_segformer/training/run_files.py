@@ -1,9 +1,12 @@
 """The run folder: atomic writes, resumable callbacks, the run's status.
 
 Every file is written under a temporary name in its folder and renamed
-into place (``os.replace``): a kill at any instant leaves complete files
-only. ``AtomicModelCheckpoint``, ``AtomicBackupAndRestore``, ``EpochLog``:
-Keras' callbacks made atomic; ``check_run`` reads a run folder.
+into place (``keras_segformer.io_atomic``): a kill at any instant leaves
+complete files only, and a link planted at a file's name is replaced, not
+written through. ``AtomicModelCheckpoint``, ``AtomicBackupAndRestore``,
+``EpochLog``: Keras' callbacks made atomic; ``check_run`` reads a run
+folder; ``clear_run`` removes the files a run wrote (``run_files``), no
+others.
 """
 
 import csv
@@ -11,10 +14,24 @@ import dataclasses
 import io
 import json
 import os
-import shutil
+import re
 
 import keras
 import numpy as np
+
+# The one writer of the package; its names are re-exported here.
+from keras_segformer.io_atomic import (
+    TMP_MARK,
+    disk_full_error,
+    hdf5_in_memory,
+    is_temporary,
+    no_space,
+    temporary_path,
+    write_atomic,
+    write_text,
+)
+from keras_segformer.io_atomic import fsync as _fsync
+from keras_segformer.io_atomic import remove as _remove
 
 FINAL_MODEL = "model.keras"
 RUN_FILE = "run.json"
@@ -32,10 +49,24 @@ RUN_ENTRIES = (
     BACKUP,
     TENSORBOARD,
 )
-# Marks a file being written: `.epoch-003.tmp-<pid>.weights.h5`.
-_TMP = ".tmp-"
-# Keras reads the format from these suffixes: temporary names keep them.
-_SUFFIXES = (".weights.h5", ".keras")
+# The files a run writes (relative to its folder, `/`-separated): all
+# that `overwrite` removes. The folders it makes, the deepest first.
+RUN_PATTERN = re.compile(
+    r"run\.json|model\.keras|log\.csv"
+    r"|checkpoints/epoch-\d+\.weights\.h5"
+    r"|backup/state-\d+\.weights\.h5|backup/state\.json"
+    r"|tensorboard/(train|validation)/events\.out\.tfevents\.[^/]+"
+)
+_RUN_FOLDERS = (
+    f"{TENSORBOARD}/train",
+    f"{TENSORBOARD}/validation",
+    TENSORBOARD,
+    CHECKPOINTS,
+    BACKUP,
+)
+_STATE_WEIGHTS = re.compile(r"state-\d+\.weights\.h5")
+# Temporary names: `.epoch-003.tmp-<pid>.weights.h5` (io_atomic).
+_TMP = TMP_MARK
 
 
 # Model config entries that change neither the weights nor the recipe.
@@ -111,8 +142,9 @@ def check_run(out_dir, *, epochs, settings=None):
         if found:
             raise ValueError(
                 f"{out_dir} holds {', '.join(found)} but no {RUN_FILE}: not "
-                "a run that can be resumed; pass "
-                f"{words['overwrite']} / another {words['out']}."
+                "a training run (these are not a run's files, and "
+                f"{words['overwrite']} removes only a run's). Move them, or "
+                f"choose another {words['out']}."
             )
         return status
     status.record = record
@@ -144,26 +176,104 @@ def check_run(out_dir, *, epochs, settings=None):
     return status
 
 
-def clear_run(out_dir):
-    """Remove the run in ``out_dir`` (``RUN_ENTRIES``, nothing else).
+def run_files(out_dir):
+    """The files the run in ``out_dir`` wrote, by the names a run gives
+    them (``RUN_PATTERN``; temporaries included), as paths relative to
+    ``out_dir``; ``run.json`` last. Other files, in the run's folders
+    too, are not the run's."""
+    out_dir = os.fspath(out_dir)
+    found = []
+    for folder in ("", *_RUN_FOLDERS):
+        path = os.path.join(out_dir, folder)
+        if not os.path.isdir(path) or os.path.islink(path):
+            continue
+        for name in sorted(os.listdir(path)):
+            relative = f"{folder}/{name}" if folder else name
+            entry = os.path.join(path, name)
+            if os.path.isdir(entry) and not os.path.islink(entry):
+                continue
+            if RUN_PATTERN.fullmatch(relative) or is_temporary(name):
+                found.append(relative)
+    found.sort(key=lambda relative: relative == RUN_FILE)
+    return found
 
-    The entries are first moved into one hidden temporary folder,
-    ``run.json`` first, then that folder is deleted: a kill part-way leaves
-    no ``run.json`` beside the entries not yet moved, which the next start
-    refuses to mix with a new run (and the next ``overwrite`` finishes).
+
+def check_overwrite(out_dir, settings=None):
+    """Check that ``overwrite`` may clear ``out_dir`` (``clear_run``).
+
+    Args:
+        out_dir: str. The output folder.
+        settings: dict or None. As in ``check_run`` (only to name flags).
+
+    Returns:
+        bool. Whether there is a run to clear.
+
+    Raises:
+        ValueError: ``out_dir`` never held a run (no ``run.json``) but has
+            entries of a run's names (``checkpoints/``, ``model.keras``
+            ...): they are not a run's files; the message names them.
     """
+    out_dir = os.fspath(out_dir)
     found = [
         name
         for name in RUN_ENTRIES
         if os.path.lexists(os.path.join(out_dir, name))
     ]
     if not found:
+        return False
+    if not os.path.isfile(os.path.join(out_dir, RUN_FILE)):
+        words = _words(any(k.startswith("--") for k in settings or {}))
+        raise ValueError(
+            f"{out_dir} never held a training run (no {RUN_FILE}) but holds "
+            f"{', '.join(found)}: {words['overwrite']} removes only the "
+            "files of a run, never these. Move them, or choose another "
+            f"{words['out']}."
+        )
+    return True
+
+
+def clear_run(out_dir, settings=None):
+    """Remove the run in ``out_dir``: the files it wrote (``run_files``),
+    then its folders where they are left empty; nothing else.
+
+    ``run.json`` goes last: a kill part-way leaves it, and the next
+    ``overwrite`` finishes. A folder that never held a run (no
+    ``run.json``) but has entries of a run's names (``checkpoints/``,
+    ``model.keras`` ...) is refused: those are not a run's files.
+
+    Args:
+        out_dir: str. The run folder.
+        settings: dict or None. As in ``check_run`` (only to name flags).
+
+    Raises:
+        ValueError: ``out_dir`` holds entries of a run's names but no
+            ``run.json``.
+    """
+    out_dir = os.fspath(out_dir)
+    if not check_overwrite(out_dir, settings):
         return
-    trash = os.path.join(out_dir, f".overwritten{_TMP}{os.getpid()}")
-    os.makedirs(trash, exist_ok=True)
-    for name in found:
-        os.replace(os.path.join(out_dir, name), os.path.join(trash, name))
-    shutil.rmtree(trash)
+    for relative in run_files(out_dir):
+        _remove(os.path.join(out_dir, relative))
+        if relative == RUN_FILE:
+            break
+    for folder in _RUN_FOLDERS:  # the deepest first
+        try:
+            os.rmdir(os.path.join(out_dir, folder))
+        except OSError:
+            pass  # not there, or it holds files that are not the run's
+
+
+def remove_backup(out_dir):
+    """Remove the backup states of the run in ``out_dir`` (the run's files
+    in ``backup/`` only; the folder too where it is left empty)."""
+    backup = os.path.join(os.fspath(out_dir), BACKUP)
+    for relative in run_files(out_dir):
+        if relative.startswith(f"{BACKUP}/"):
+            _remove(os.path.join(out_dir, relative))
+    try:
+        os.rmdir(backup)
+    except OSError:
+        pass
 
 
 def _words(flags):
@@ -216,69 +326,6 @@ def _read_json(path):
         raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
-def temporary_path(path):
-    """Where ``path`` is written before it is renamed into place: the same
-    folder, hidden, ``.tmp-<pid>`` before the suffix Keras reads
-    (``epoch-003.weights.h5`` -> ``.epoch-003.tmp-41.weights.h5``)."""
-    folder, name = os.path.split(os.fspath(path))
-    suffix = next((s for s in _SUFFIXES if name.endswith(s)), None)
-    if suffix is None:
-        stem, suffix = os.path.splitext(name)
-    else:
-        stem = name[: -len(suffix)]
-    return os.path.join(folder, f".{stem}{_TMP}{os.getpid()}{suffix}")
-
-
-def write_atomic(path, write):
-    """Call ``write(temporary)`` and rename the file it wrote to ``path``.
-
-    A kill at any point leaves either the old ``path`` or the new one,
-    whole (the temporary is flushed to disk before the rename); an error
-    removes the temporary and leaves ``path`` as it was.
-
-    Args:
-        path: str. Final file name.
-        write: callable. Writes a complete file at the name it is given.
-    """
-    path = os.fspath(path)
-    temporary = temporary_path(path)
-    try:
-        write(temporary)
-        _fsync(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        _remove(temporary)
-        raise
-
-
-def write_text(path, text):
-    """Write ``text`` to ``path`` atomically (``write_atomic``)."""
-
-    def write(temporary):
-        with open(temporary, "w") as f:
-            f.write(text)
-
-    write_atomic(path, write)
-
-
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
-
-
 def _remove_leftovers(out_dir):
     """Remove the temporaries a killed run left (``.*.tmp-*``)."""
     for folder in (
@@ -296,8 +343,8 @@ def _remove_leftovers(out_dir):
 def _check_writable(out_dir):
     probe = os.path.join(out_dir, f".write-test{_TMP}{os.getpid()}")
     try:
-        with open(probe, "w"):
-            pass
+        _remove(probe)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
         os.remove(probe)
     except OSError as e:
         raise OSError(f"Output folder {out_dir!r} is not writable: {e}") from e
@@ -311,15 +358,21 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def _get_file_path(self, epoch, batch, logs):
         self._final_path = super()._get_file_path(epoch, batch, logs)
-        return temporary_path(self._final_path)
+        temporary = temporary_path(self._final_path)
+        _remove(temporary)  # never written through
+        return temporary
 
     def _save_model(self, epoch, batch, logs):
         self._final_path = None
         try:
-            super()._save_model(epoch, batch, logs)
-        except BaseException:
-            if self._final_path is not None:
-                _remove(temporary_path(self._final_path))
+            with hdf5_in_memory():  # the temporary of _get_file_path
+                super()._save_model(epoch, batch, logs)
+        except BaseException as e:
+            if self._final_path is None:
+                raise
+            _remove(temporary_path(self._final_path))
+            if isinstance(e, OSError) and no_space(e):
+                raise disk_full_error(self._final_path, e) from None
             raise
         temporary = temporary_path(self._final_path)
         if os.path.exists(temporary):  # not skipped by save_best_only
@@ -417,7 +470,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         write_text(os.path.join(self.backup_dir, self.STATE), json.dumps(state))
         keep = {self.STATE, name, previous and previous["weights"]}
         for other in os.listdir(self.backup_dir):
-            if other not in keep and not other.startswith("."):
+            # Only the states this callback wrote.
+            if other not in keep and _STATE_WEIGHTS.fullmatch(other):
                 _remove(os.path.join(self.backup_dir, other))
 
 

@@ -98,6 +98,7 @@ from keras_segformer.training.run_files import (  # noqa: F401 (re-exported)
     clear_run,
     read_backup_state,
     read_log,
+    remove_backup,
     temporary_path,
     write_atomic,
     write_text,
@@ -222,7 +223,7 @@ def fit(
             # model.keras now holds the newest state: the backup can go.
             done = history.epoch[-1] + 1 if history.epoch else epochs
             _write_run(run.out_dir, run.status, run.settings, model_epochs=done)
-            _remove(os.path.join(run.out_dir, BACKUP))
+            remove_backup(run.out_dir)
     return history
 
 
@@ -344,12 +345,12 @@ def _prepare_run(out_dir, epochs, steps_per_epoch, settings, overwrite, found):
         cluster_lib.barrier(found, "run folder ready")
         return check_run(out_dir, epochs=epochs, settings=settings)
     if overwrite:
-        clear_run(out_dir)
+        clear_run(out_dir, settings)  # the run's files only
     _remove_leftovers(out_dir)
     status = check_run(out_dir, epochs=epochs, settings=settings)
     backup = os.path.join(out_dir, BACKUP)
     if status.source != "backup" and os.path.exists(backup):
-        _remove(backup)  # older than model.keras (a cleanup cut short)
+        remove_backup(out_dir)  # older than model.keras (a cleanup cut short)
     if found is not None:
         cluster_lib.barrier(found, "run folder ready")
     return status
