@@ -19,14 +19,19 @@ import keras
 import torch
 import torch.nn.functional as F
 from keras import ops
-from keras.src.backend.common import global_state
 
 from keras_segformer.ops import attention as attention_ops
-from keras_segformer.ops import inference, losses, nn
+from keras_segformer.ops import inference, internals, losses, nn
 from keras_segformer.ops import optimizer as optimizer_ops
 from keras_segformer.ops import resize as resize_ops
 from keras_segformer.ops.layer_call import plain_policy
 
+try:  # Keras internals: without them, weights are read through Keras
+    from keras.src.backend.common import global_state
+except ImportError:  # pragma: no cover (a Keras that moved it)
+    global_state = None
+
+TORCH_WEIGHTS = "torch_weights"
 _LINEAR = keras.activations.linear
 
 _DTYPES = {
@@ -40,8 +45,11 @@ _DTYPES = {
 def _plain_reads():
     """Whether a variable's value is its stored tensor: no stateless
     scope (values held elsewhere) and no device scope (the symbolic
-    "meta" calls) is active."""
-    state = global_state.GLOBAL_STATE_TRACKER  # see layer_call.keras_state
+    "meta" calls) is active. False without Keras' global state (every
+    read through ``variable.value``)."""
+    state = getattr(global_state, "GLOBAL_STATE_TRACKER", None)
+    if state is None:
+        return False
     return getattr(state, "stateless_scope", None) is None and (
         getattr(state, "torch_device", None) is None
     )
@@ -54,10 +62,22 @@ def _weight(variable, dtype, plain):
     ``variable.value`` costs ~3 us per read (scope checks, autocast,
     device lookup); where ``plain`` (``_plain_reads()``) it is the
     stored tensor, read here directly."""
-    value = variable._value if plain else None
+    value = getattr(variable, "_value", None) if plain else None
     if value is None:
         value = variable.value
     return value if value.dtype == dtype else value.to(dtype)
+
+
+def _policy(layer):
+    """``plain_policy(layer)``, or None (the generic op) once a Keras
+    internal it reads is missing."""
+    if not internals.on(TORCH_WEIGHTS):
+        return None
+    try:
+        return plain_policy(layer)
+    except internals.DIFFERENT as error:
+        internals.turn_off(TORCH_WEIGHTS, error)
+        return None
 
 
 def _kernel_and_bias(layer, kernel=None):
@@ -65,7 +85,7 @@ def _kernel_and_bias(layer, kernel=None):
     layer's ``kernel`` property computes more than the variable (LoRA,
     quantization) or its compute dtype is not a float: the generic op
     runs then."""
-    policy = plain_policy(layer)
+    policy = _policy(layer)
     if (
         policy is None
         or policy.quantization_mode is not None
@@ -76,9 +96,10 @@ def _kernel_and_bias(layer, kernel=None):
     if dtype is None:
         return None
     plain = _plain_reads()
-    kernel = _weight(
-        kernel if kernel is not None else layer._kernel, dtype, plain
-    )
+    if kernel is None:  # the variable; the property where it is not
+        kernel = getattr(layer, "_kernel", None)
+        kernel = layer.kernel if kernel is None else kernel
+    kernel = _weight(kernel, dtype, plain)
     bias = _weight(layer.bias, dtype, plain) if layer.use_bias else None
     return kernel, bias, dtype
 
@@ -171,7 +192,7 @@ def layer_norm(layer, x):
     if layer.rms_scaling or layer.axis not in (-1, [-1], len(x.shape) - 1):
         return nn.layer_norm.generic(layer, x)
     dtype = x.dtype
-    policy = plain_policy(layer)
+    policy = _policy(layer)
     compute = None if policy is None else _DTYPES.get(policy.compute_dtype)
     if compute is None:
         return nn.layer_norm.generic(layer, x)
@@ -195,12 +216,12 @@ def batch_norm(layer, x, training=None):
     float32, ``(x - mean) * (rsqrt(var + eps) * gamma) + beta`` with the
     moving statistics, as Keras' PyTorch ``batch_normalization`` writes
     it, then the compute dtype."""
-    policy = plain_policy(layer)
+    policy = _policy(layer)
     if (
         training is not False
         or policy is None
         or layer.axis not in (-1, len(x.shape) - 1)
-        or layer.renorm
+        or getattr(layer, "renorm", False)  # (Keras 3.14+)
         or not (layer.scale and layer.center)
     ):
         return nn.batch_norm.generic(layer, x, training=training)
@@ -273,7 +294,11 @@ def softmax_cross_entropy(logits, labels):
 
 
 def _tensors(variables, plain):
-    return [v._value if plain else v.value for v in variables]
+    if plain:
+        values = [getattr(v, "_value", None) for v in variables]
+        if not any(value is None for value in values):
+            return values
+    return [v.value for v in variables]
 
 
 # On CPU the update runs on ~64K elements at a time: each op then reads

@@ -102,12 +102,7 @@ def device_kind(backend=None):
 
         return _platform_kind(jax.devices()[0].platform)
     if backend == "torch":
-        # Keras' default device, not get_device(): that is "meta" inside the
-        # symbolic calls of a first fit (loss and metric shapes), and this
-        # answer is kept for the process.
-        from keras.src.backend.torch.core import DEFAULT_DEVICE
-
-        return _platform_kind(DEFAULT_DEVICE)
+        return _platform_kind(_torch_default_device())
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -118,6 +113,25 @@ def device_kind(backend=None):
             if tf.config.get_visible_devices(kind):
                 return kind.lower()
     return "cpu"
+
+
+def _torch_default_device():
+    """Keras' default PyTorch device, not ``get_device()``: that is "meta"
+    inside the symbolic calls of a first fit (loss and metric shapes), and
+    ``device_kind``'s answer is kept for the process. Where Keras moved
+    the name, the same choice made here (Keras' order)."""
+    try:
+        from keras.src.backend.torch.core import DEFAULT_DEVICE
+
+        return DEFAULT_DEVICE
+    except ImportError:
+        import torch
+
+        if "KERAS_TORCH_DEVICE" in os.environ:
+            return os.environ["KERAS_TORCH_DEVICE"]
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @functools.cache

@@ -48,9 +48,12 @@ import keras
 import numpy as np
 from keras import tree
 
-from keras_segformer.ops import dispatch, inference
+from keras_segformer.ops import dispatch, inference, internals
 
-try:  # Keras internals (3.8+); without them every call goes through Keras
+# Keras internals (names checked from 3.10 to 3.15); where one is missing,
+# moved or reshaped, the direct paths turn themselves off (see internals).
+DIRECT_CALL, DIRECT_GRAPH = "direct_call", "direct_graph"
+try:
     from keras.src import backend
     from keras.src.backend.common import global_state
     from keras.src.backend.common.keras_tensor import KerasTensor
@@ -64,8 +67,10 @@ try:  # Keras internals (3.8+); without them every call goes through Keras
     _LAYER_INPUT_DTYPE = keras.layers.Layer.input_dtype
     # Keras layers are torch Modules there: their hooks need its __call__.
     _ON_TORCH = backend.backend() == "torch"
-except ImportError:  # pragma: no cover (a Keras that moved them)
+except (ImportError, AttributeError) as error:  # a Keras that moved them
     backend = None
+    internals.turn_off(DIRECT_CALL, error)
+    internals.turn_off(DIRECT_GRAPH, error)
 
 ENV_VAR = "KERAS_SEGFORMER_DIRECT_CALL"
 
@@ -231,8 +236,12 @@ def _is_policy_map(policy):
 
 def plain_policy(layer):
     """The layer's dtype policy, or None for a per-path
-    ``DTypePolicyMap``: ``policy.compute_dtype`` is then what
-    ``layer.compute_dtype`` reads, without the property's ABC check."""
+    ``DTypePolicyMap`` (and without Keras' internals): ``policy.compute_dtype``
+    is then what ``layer.compute_dtype`` reads, without the property's ABC
+    check. Raises ``AttributeError`` on a Keras without ``_dtype_policy``
+    (the callers turn their fast path off)."""
+    if backend is None:
+        return None
     policy = layer._dtype_policy
     return None if _is_policy_map(policy) else policy
 
@@ -241,7 +250,7 @@ def _direct_policy(layer, kwargs):
     """The layer's dtype policy when this call may skip
     ``Layer.__call__``, else None. (Per call: one policy read and plain
     attribute reads, ~1 us; the Keras properties cost more.)"""
-    if not (_enabled and backend is not None and layer.built):
+    if not (_enabled and internals.on(DIRECT_CALL) and layer.built):
         return None
     if kwargs and kwargs.keys() != {"training"}:
         return None
@@ -266,11 +275,32 @@ def _input_dtype(layer, policy):
     return layer.input_dtype
 
 
-def _call(layer, policy, args, kwargs):
-    """``layer.call(*args)`` with ``training`` resolved and the autocast
-    scope Keras would enter (the direct path of both mixins)."""
-    call_kwargs = _resolve_training(layer, kwargs)
-    scope = _autocast_scope(layer, policy)
+def _direct_call(layer, args, kwargs):
+    """What a direct call of ``layer`` runs, ``(args, call keywords,
+    autocast scope)``, or None: Keras' path (also from now on, once a
+    Keras internal read here is missing)."""
+    try:
+        policy = _direct_policy(layer, kwargs)
+        if policy is None:
+            return None
+        converted = _convert_args(layer, args, _input_dtype(layer, policy))
+        if converted is None:
+            return None
+        return (converted, *_call_context(layer, policy, kwargs))
+    except internals.DIFFERENT as error:
+        internals.turn_off(DIRECT_CALL, error)
+        return None
+
+
+def _call_context(layer, policy, kwargs):
+    """``(call keywords, autocast scope)``: ``training`` resolved and the
+    autocast scope Keras would enter (or None)."""
+    return _resolve_training(layer, kwargs), _autocast_scope(layer, policy)
+
+
+def _run(layer, args, call_kwargs, scope):
+    """``layer.call(*args, **call_kwargs)`` inside ``scope`` (the direct
+    path of both mixins)."""
     if scope is None:
         return layer.call(*args, **call_kwargs)
     with scope:
@@ -286,11 +316,9 @@ class DirectCall:
     """
 
     def __call__(self, *args, **kwargs):
-        policy = _direct_policy(self, kwargs)
-        if policy is not None:
-            converted = _convert_args(self, args, _input_dtype(self, policy))
-            if converted is not None:
-                return _call(self, policy, converted, kwargs)
+        direct = _direct_call(self, args, kwargs)
+        if direct is not None:
+            return _run(self, *direct)
         return super().__call__(*args, **kwargs)
 
 
@@ -329,7 +357,7 @@ def _argument_reader(arguments):
     ):
         keys, kind = [id(t) for t in args[0]], type(args[0])
         return lambda values: ((kind(values[k] for k in keys),), dict(kwargs))
-    return lambda values: arguments.fill_in(values)
+    return arguments.fill_in
 
 
 # Per thread, how many DirectGraph calls are running their plan (their
@@ -397,20 +425,34 @@ class DirectGraph:
             # A model called inside a functional graph is recorded with
             # ``mask=None`` (Keras fills it in): no mask.
             kwargs = {k: v for k, v in kwargs.items() if k != "mask"}
+        direct = None
         if (
             len(args) == 1
+            and internals.on(DIRECT_GRAPH)
             and _plain_input(args[0])
-            and self._call_context_args == {"training"}
         ):
-            policy = _direct_policy(self, kwargs)
-        else:
-            policy = None
-        if policy is not None:
+            direct = self._direct_graph_call(kwargs)
+        if direct is not None:
             outputs = self._compiled_call(args[0], kwargs)
             if outputs is not None:
                 return outputs
-            return _call(self, policy, args, kwargs)
+            return _run(self, args, *direct)
         return super().__call__(*args, **kwargs)
+
+    def _direct_graph_call(self, kwargs):
+        """``(call keywords, autocast scope)`` when this call may skip
+        ``Layer.__call__``, else None (also from now on, once a Keras
+        internal read here is missing)."""
+        try:
+            if self._call_context_args != {"training"}:
+                return None
+            policy = _direct_policy(self, kwargs)
+            if policy is None:
+                return None
+            return _call_context(self, policy, kwargs)
+        except internals.DIFFERENT as error:
+            internals.turn_off(DIRECT_GRAPH, error)
+            return None
 
     def _compiled_call(self, x, kwargs):
         """The outputs of this eager inference call run compiled, or None
@@ -423,7 +465,7 @@ class DirectGraph:
             eager_first is None
             or kwargs.get("training")
             or getattr(_running, "depth", 0)  # inside a model's call
-            or getattr(self, "_run_eagerly", False)
+            or getattr(self, "run_eagerly", False)
             or keras_state("current_call_ctx") is not None
             or keras_state("stateless_scope") is not None
         ):
@@ -450,7 +492,7 @@ class DirectGraph:
             mask is not None
             or kwargs
             or not _enabled
-            or backend is None
+            or not internals.on(DIRECT_GRAPH)
             or not _plain_input(inputs)
             or len(self.inputs) != 1
             or len(inputs.shape) != len(self.inputs[0].shape)
@@ -458,7 +500,11 @@ class DirectGraph:
             return super().call(inputs, training=training, mask=mask, **kwargs)
         plan = self.__dict__.get("_direct_graph_plan")
         if plan is None:
-            plan = _GraphPlan(self)
+            try:
+                plan = _GraphPlan(self)
+            except internals.DIFFERENT as error:
+                internals.turn_off(DIRECT_GRAPH, error)
+                return super().call(inputs, training=training, mask=mask)
             # Not through Keras' __setattr__: no tracking, no saving.
             object.__setattr__(self, "_direct_graph_plan", plan)
         x = backend.convert_to_tensor(inputs, dtype=self.inputs[0].dtype)

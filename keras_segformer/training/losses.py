@@ -4,6 +4,8 @@ The numbers equal the ``loss`` of transformers'
 ``SegformerForSemanticSegmentation`` (``modeling_segformer.py``).
 """
 
+import inspect
+
 import keras
 import numpy as np
 from keras import ops
@@ -15,14 +17,18 @@ from keras_segformer.training.distribute import sum_over_replicas
 
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
 
-try:
-    # Keras' own losses divide their mean by the number of replicas under
-    # tf.distribute (a no-op elsewhere); do the same. Private, hence guarded.
-    from keras.src.losses.loss import scale_loss_for_distribution
-except ImportError:  # pragma: no cover - older/newer Keras layouts
 
-    def scale_loss_for_distribution(value):
-        return value
+def scale_loss_for_distribution(value):
+    """``value`` divided by the number of replicas under tf.distribute (a
+    no-op elsewhere), as Keras' own losses divide their mean (the
+    formula of ``keras.src.losses.loss``, with public names)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            value = ops.multiply(value, ops.cast(1.0 / replicas, value.dtype))
+    return value
 
 
 def _concrete_bool(x):
@@ -279,3 +285,57 @@ class SegFormerLoss(keras.losses.Loss):
     def get_config(self):
         names = ("ignore_index", "class_weights", "check_labels")
         return {**super().get_config(), **attribute_config(self, names)}
+
+
+def _is_keras_objective(obj):
+    """A loss or metric of Keras' own (a name, class instance or function),
+    which compares labels and logits as they are. Those of this project
+    upsample the logits first; the user's own may resize themselves."""
+    if isinstance(obj, str):
+        return True
+    owner = obj if inspect.isfunction(obj) else type(obj)
+    return owner.__module__.split(".")[0] == "keras"
+
+
+def _objective_name(obj):
+    if isinstance(obj, str):
+        return obj
+    return getattr(obj, "name", None) or obj.__name__
+
+
+def foreign_objectives(loss, metrics):
+    """Names of Keras' own losses and metrics among ``loss`` and
+    ``metrics``: they score the logits at 1/4 of the image size."""
+    return [
+        _objective_name(obj)
+        for obj in keras.tree.flatten([loss, metrics])
+        if obj is not None and _is_keras_objective(obj)
+    ]
+
+
+def _static_hw(tensor, rank):
+    shape = getattr(tensor, "shape", None)
+    if shape is None or len(shape) != rank:
+        return None
+    hw = tuple(shape[1:3])
+    return None if None in hw else tuple(int(d) for d in hw)
+
+
+def check_label_size(y, y_pred, objectives):
+    """Stop a step whose per-pixel labels do not match the logits' size
+    when a loss or metric would compare them as they are."""
+    logits_hw = _static_hw(y_pred, 4)
+    labels = getattr(y, "shape", None)
+    if logits_hw is None or labels is None or len(labels) not in (3, 4):
+        return
+    labels_hw = _static_hw(y, len(labels))
+    if labels_hw is None or labels_hw == logits_hw:
+        return
+    raise ValueError(
+        f"{', '.join(objectives)} compare the labels, shape "
+        f"{tuple(labels)}, with the logits, shape {tuple(y_pred.shape)}, "
+        "which are at 1/4 of the image size. Use "
+        "keras_segformer.training.SegFormerLoss (the default loss) and its "
+        "MeanIoU metric, which upsample the logits to the labels' size, or "
+        "resize the labels to the logits' size."
+    )

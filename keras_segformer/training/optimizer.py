@@ -19,6 +19,7 @@ import re
 import keras
 from keras import ops
 
+from keras_segformer.ops import internals
 from keras_segformer.ops import optimizer as optimizer_ops
 from keras_segformer.serializable import attribute_config
 from keras_segformer.training.distribute import (
@@ -27,88 +28,16 @@ from keras_segformer.training.distribute import (
 )
 from keras_segformer.training.losses import SegFormerLoss
 from keras_segformer.training.metrics import MeanIoU
-
-
-@keras.saving.register_keras_serializable(package="keras_segformer")
-class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Poly decay with linear warmup, as mmcv's ``PolyLrUpdaterHook``.
-
-    ``regular(step) = (initial - end) * (1 - min(step, decay_steps) /
-    decay_steps) ** power + end``; during the first ``warmup_steps`` steps
-    the rate is ``regular(step) * (1 - (1 - step / warmup_steps) * (1 -
-    warmup_ratio))``, i.e. it ramps from ``warmup_ratio * regular`` up to
-    the poly curve. Keras' ``PolynomialDecay`` has no warmup and
-    ``CosineDecay``'s warmup is additive, hence this class.
-
-    Args:
-        initial_learning_rate: float. Rate at step 0 of the poly curve.
-        decay_steps: int. Steps until the rate reaches
-            ``end_learning_rate`` (the total number of training steps).
-        warmup_steps: int. Length of the linear warmup (0: none).
-        warmup_ratio: float. Fraction of the rate at the first step.
-        power: float. Exponent of the poly curve.
-        end_learning_rate: float. Final rate (mmcv ``min_lr``).
-        name: str. Name of the schedule.
-    """
-
-    def __init__(
-        self,
-        initial_learning_rate,
-        decay_steps,
-        warmup_steps=0,
-        warmup_ratio=1e-6,
-        power=1.0,
-        end_learning_rate=0.0,
-        name="warmup_poly_decay",
-    ):
-        super().__init__()
-        if int(decay_steps) <= 0:
-            raise ValueError(
-                f"`decay_steps` must be > 0. Received: {decay_steps}"
-            )
-        if int(warmup_steps) < 0:
-            raise ValueError(
-                f"`warmup_steps` must be >= 0. Received: {warmup_steps}"
-            )
-        self.initial_learning_rate = float(initial_learning_rate)
-        self.decay_steps = int(decay_steps)
-        self.warmup_steps = int(warmup_steps)
-        self.warmup_ratio = float(warmup_ratio)
-        self.power = float(power)
-        self.end_learning_rate = float(end_learning_rate)
-        self.name = name
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        progress = ops.minimum(step, float(self.decay_steps))
-        coeff = ops.power(1.0 - progress / self.decay_steps, self.power)
-        lr = (
-            self.initial_learning_rate - self.end_learning_rate
-        ) * coeff + self.end_learning_rate
-        if self.warmup_steps > 0:
-            # mmcv: lr * (1 - k), k = (1 - step / warmup) * (1 - ratio).
-            # Expanded, so float32 does not cancel 1 - k near step 0.
-            factor = self.warmup_ratio + (1.0 - self.warmup_ratio) * (
-                step / self.warmup_steps
-            )
-            lr = ops.where(step < self.warmup_steps, lr * factor, lr)
-        return lr
-
-    def get_config(self):
-        names = (
-            "initial_learning_rate",
-            "decay_steps",
-            "warmup_steps",
-            "warmup_ratio",
-            "power",
-            "end_learning_rate",
-            "name",
-        )
-        return attribute_config(self, names)
-
+from keras_segformer.training.schedules import WarmupPolyDecay
 
 # Keras' TensorFlow optimizer (tf.distribute's merge call) has this method.
 _TF_DISTRIBUTE = hasattr(keras.optimizers.AdamW, "_distributed_tf_update_step")
+
+GROUPED_UPDATE = "grouped_update"
+try:
+    internals.check_update_hooks(keras.optimizers.AdamW)
+except TypeError as error:  # pragma: no cover (another Keras)
+    internals.turn_off(GROUPED_UPDATE, error)
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -127,6 +56,10 @@ class GroupedAdamW(keras.optimizers.AdamW):
     Adam's epsilon defaults to 1e-8 (PyTorch); Keras adds it to
     ``sqrt(v_hat * (1 - beta_2 ** t))`` rather than ``sqrt(v_hat)``, a
     difference of order epsilon.
+
+    The grouped update reads Keras' internals (slots, update hooks); where
+    they differ, AdamW's own ``update_step`` runs each variable at its
+    group's rate: the same numbers (``keras_segformer.ops.internals``).
 
     ``stand_in`` (attribute, False): set on the optimizer a model's
     constructor compiles with, which then stands in for none when a
@@ -214,6 +147,11 @@ class GroupedAdamW(keras.optimizers.AdamW):
         if self.built:
             return
         super().build(var_list)
+        try:  # Adam's slots, which the grouped update reads
+            self._momentums, self._velocities  # noqa: B018
+            self._velocity_hats if self.amsgrad else None  # noqa: B018
+        except AttributeError as error:
+            internals.turn_off(GROUPED_UPDATE, error)
         groups = [self._group(v) for v in var_list]
         # Indexed like the optimizer's slots (`_get_variable_index`).
         self._multiplier_table = tuple(m for m, _ in groups)
@@ -291,7 +229,7 @@ class GroupedAdamW(keras.optimizers.AdamW):
             self._rates_cache = None
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if _TF_DISTRIBUTE:
+        if _TF_DISTRIBUTE or not internals.on(GROUPED_UPDATE):
             # TensorFlow: tf.distribute updates each variable in a merge
             # call (`update_step`, with the rates shared from there on).
             super()._backend_update_step(
@@ -333,8 +271,19 @@ class GroupedAdamW(keras.optimizers.AdamW):
         )
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
-        self._update((index,), (gradient,), (variable,), learning_rate)
+        if internals.on(GROUPED_UPDATE):
+            index = self._get_variable_index(variable)
+            self._update((index,), (gradient,), (variable,), learning_rate)
+            return
+        # AdamW's own step at the group's rate, after the decay (as Keras).
+        multiplier, decayed = self._group(variable)
+        lr = ops.cast(learning_rate, variable.dtype)
+        if multiplier != 1.0:
+            lr = lr * multiplier
+        if decayed and self.weight_decay:
+            decay = ops.cast(self.weight_decay, variable.dtype) * lr
+            variable.assign(variable - variable * decay)
+        super().update_step(gradient, variable, lr)
 
     def get_config(self):
         names = ("lr_multipliers", "decay_rank_1")

@@ -1,0 +1,97 @@
+"""Keras' private names read by the fast paths, behind one guard.
+
+A few fast paths read what Keras does not publish (``keras.src`` modules,
+``Layer._call_signature``, ``Functional._nodes_by_depth``,
+``Optimizer._get_variable_index``, ...) because Keras' public path costs
+more per call (each module says how much). Keras renames such names
+between releases. Each fast path has a name here:
+
+- ``direct_call``: ``layer_call.DirectCall``, built layers run ``call``
+  without ``Layer.__call__``;
+- ``direct_graph``: ``layer_call.DirectGraph``, functional models run
+  their layers from a plan, without ``Functional``'s graph walk;
+- ``torch_weights``: the PyTorch ops read a layer's weights without
+  Keras' properties;
+- ``grouped_update``: ``GroupedAdamW`` updates a group of variables at
+  once.
+
+The first time a path finds a name missing, moved or of another shape
+(``AttributeError``, ``ImportError``, or a ``TypeError`` from a changed
+signature) it is turned off for the rest of the process, with one
+warning, and that call and every later one take Keras' public path,
+which gives the same numbers. Reads of a name with an obvious public
+default (an attribute a newer Keras added, a variable's stored tensor)
+fall back in place, without turning anything off.
+
+Example:
+
+```python
+from keras_segformer.ops import internals
+
+internals.off()  # {} on a tested Keras: every fast path on
+```
+"""
+
+import inspect
+import warnings
+
+import keras
+
+PATHS = ("direct_call", "direct_graph", "torch_weights", "grouped_update")
+
+# What reading a renamed, moved or reshaped Keras name raises.
+DIFFERENT = (AttributeError, ImportError, TypeError)
+
+_off = {}
+
+
+def on(path):
+    """Whether the fast path ``path`` (one of ``PATHS``) is still on."""
+    return path not in _off
+
+
+def turn_off(path, error):
+    """Turn ``path`` off for the process because of ``error`` (what
+    reading a Keras internal raised); warns once per path.
+
+    Args:
+        path: str. One of ``PATHS``.
+        error: Exception. What the read raised.
+    """
+    if path not in PATHS:
+        raise ValueError(f"`path` must be one of {PATHS}. Received: {path!r}")
+    if path in _off:
+        return
+    _off[path] = f"{type(error).__name__}: {error}"
+    warnings.warn(
+        f"keras_segformer: the {path!r} fast path reads Keras internals "
+        f"that Keras {keras.__version__} does not have ({_off[path]}). "
+        "It is off for this process; Keras' public path gives the same "
+        "numbers.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def off():
+    """``{path: why}`` for each fast path turned off in this process."""
+    return dict(_off)
+
+
+def check_update_hooks(optimizer_class):
+    """Raise ``TypeError`` unless ``optimizer_class`` has the Keras
+    internals that ``grouped_update`` overrides and calls, with the
+    signature it expects (its slots are checked when it is built).
+
+    Args:
+        optimizer_class: a ``keras.optimizers.Optimizer`` subclass.
+    """
+    update = getattr(optimizer_class, "_backend_update_step", None)
+    names = ["self", "grads", "trainable_variables", "learning_rate"]
+    if update is None or list(inspect.signature(update).parameters) != names:
+        raise TypeError(
+            "no Optimizer._backend_update_step(self, grads, "
+            "trainable_variables, learning_rate)"
+        )
+    if not callable(getattr(optimizer_class, "_get_variable_index", None)):
+        raise TypeError("no Optimizer._get_variable_index")
