@@ -3,8 +3,8 @@
 Dense, Conv2D and DepthwiseConv2D kernels start as Keras' default,
 Glorot uniform (``U(-l, l)``, ``l = sqrt(6 / (fan_in + fan_out))``), but the
 numbers come from numpy rather than a backend random op: on JAX every new
-weight shape compiled its own random program (0.3-1.7 s each on XLA:CPU),
-which made building SegFormer-B0 take 15 s there. Biases and norms keep
+weight shape compiled its own random program, which made building
+SegFormer-B0 take seconds per weight shape there. Biases and norms keep
 Keras' zeros and ones.
 """
 

@@ -232,8 +232,8 @@ class _TaskModel(ImageInputChecks, DirectGraph, keras.Model):
     def make_train_function(self, force=False):
         # Keras' TensorFlow trainer without a distribution strategy builds
         # the optimizer inside the first trace of the train step, and a
-        # tf.function that creates variables is traced twice: the first
-        # step took twice as long (B0 256x256 batch 2: 35 s, now 17 s).
+        # tf.function that creates variables is traced twice, which
+        # doubled the first step's time (figures: docs/design.md).
         # Built here, as Keras builds it before this call on JAX, PyTorch
         # and under a TensorFlow strategy, the step is traced once.
         optimizer = getattr(self, "optimizer", None)
@@ -267,8 +267,8 @@ class _TaskModel(ImageInputChecks, DirectGraph, keras.Model):
         A NumPy array or backend tensor (without ``steps`` or callbacks)
         goes through ``predict_on_batch`` batch by batch: the same compiled
         function and numbers, without the input pipeline Keras builds and
-        tears down on every call (0.1-0.4 s per call on TensorFlow, more
-        than a B0 forward pass at 512x512). Datasets, generators,
+        tears down on every call (on TensorFlow it cost more than a B0
+        forward pass at 512x512). Datasets, generators,
         ``PyDataset``, ``steps`` and callbacks go to Keras unchanged.
         """
         if steps is not None or callbacks or not _is_array(x):

@@ -37,8 +37,8 @@ def depthwise(x, kernel):
     """A depthwise convolution (``"same"`` padding, stride 1, odd kernel
     ``(kh, kw, channels)``) as nine shifted multiply-adds, which XLA fuses
     into one loop: XLA:CPU lowers ``feature_group_count = channels`` to a
-    slow generic loop (183 ms for one 3x3 over a (1, 128, 128, 128) map,
-    against 10 ms).
+    slow generic loop (about 18x slower for one 3x3 over a
+    (1, 128, 128, 128) map; docs/design.md).
 
     Autodiff of those shifted slices saves every slice for the kernel's
     gradient: nine copies of the input (150 MB per Mix-FFN of B0's first
@@ -201,12 +201,12 @@ def attention(q, k, v, training=False):
 
     ``jax.nn.dot_product_attention`` writes ``probs @ v`` as the einsum
     ``BNTS,BSNH->BTNH``, which XLA:CPU runs ~10x slower than the same
-    product with the heads as a leading batch axis (1.4 s against 0.13 s
-    for stage 1 of B0 at 1024x2048). Softmax is per query row, so each
+    product with the heads as a leading batch axis (stage 1 of B0 at
+    1024x2048). Softmax is per query row, so each
     chunk computes exactly the rows it would in one call; chunks of at most
     ``SCORE_CHUNK`` scores run one after another in a ``lax.map`` (a loop
     in the compiled program, differentiable) instead of holding the whole
-    matrix (1 GB for that stage, 6.4 GB peak RSS). Shapes unknown at trace
+    matrix (1 GB for that stage). Shapes unknown at trace
     time take one call.
 
     With ``training=True`` each chunk is recomputed in the backward pass
@@ -259,10 +259,10 @@ def lerp_take(x, i0, i1, frac, axis):
     """``x[i0] + (x[i1] - x[i0]) * frac`` along ``axis``.
 
     Two gathers forward. Backward, the gathers' own transpose is a
-    scatter-add, which XLA:CPU runs serially (270 ms for the gradient of
-    one decoder upsampling, 64x64 -> 128x128 x 256 channels, batch 2);
-    here it is one matmul with the interpolation matrix instead (two
-    non-zeros per row), which is the same sum.
+    scatter-add, which XLA:CPU runs serially (twice the time of the
+    matmul for one decoder upsampling of B0; docs/design.md); here it
+    is one matmul with the interpolation matrix instead (two non-zeros
+    per row), which is the same sum.
 
     Args:
         x: array.

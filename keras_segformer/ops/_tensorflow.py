@@ -68,8 +68,8 @@ def adamw_update(
 ):
     """TensorFlow's fused Adam kernel, one op per variable
     (``ResourceApplyAdam``, ``...WithAmsgrad``) instead of a dozen: a
-    first training step of B0 traces ~2,500 fewer graph ops (12 -> 7 s at
-    128x128, AMD EPYC).
+    first training step of B0 traces ~2,500 fewer graph ops (the time
+    saved: docs/design.md).
 
     The kernel computes Keras' formulas with ``alpha`` as its learning
     rate (beta powers 0: its own bias correction is then 1), except that

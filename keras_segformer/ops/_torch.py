@@ -338,8 +338,8 @@ def adamw_update(
     """The generic formulas with ``torch._foreach_*`` (what Keras' own
     PyTorch Adam runs on every device, and ``torch.optim`` by default on
     CUDA), so the same bits: a few hundred calls per step instead of a
-    dozen ``keras.ops`` calls per variable (B0's ``apply`` alone on CPU:
-    20-30 ms instead of 80-95)."""
+    dozen ``keras.ops`` calls per variable (B0's ``apply`` on CPU takes
+    about a third of the time; docs/design.md)."""
     plain = _plain_reads()
     params = _tensors(variables, plain)
     lists = [

@@ -14,7 +14,7 @@ def no_autograd():
     Generic: nothing (Keras' own predict step already turns gradients
     off). PyTorch (cpu): ``torch.inference_mode()``, which also skips
     the per-op version counters and view tracking that ``torch.no_grad``
-    keeps (~0.3 ms of a 4.4 ms forward pass of the tiny overhead model).
+    keeps (several percent of a small model's forward pass).
     Tensors made inside are inference tensors: the logits leave as NumPy.
     """
     return contextlib.nullcontext()
@@ -43,11 +43,11 @@ def eager_calls_first(x):
     transformation or Keras stateless scope, or the backend compiles no
     eager call). Generic: None.
 
-    TensorFlow: 1. Op by op, a first call of B0 at 512x512 took 1.0 s and
-    the trace 3.2 s (2-core EPYC): a single call is cheaper eager, and the
-    trace then serves every size. JAX: 0. Op by op, each operation is
-    compiled for a new shape (the same call took 15 s), so the whole
-    forward pass is compiled at once (3.6 s).
+    TensorFlow: 1. Op by op, a first call costs a third of the trace: a
+    single call is cheaper eager, and the trace then serves every size.
+    JAX: 0. Op by op, each operation is compiled for a new shape (four
+    times the cost of compiling the whole forward pass at once), so the
+    whole forward pass is compiled at once.
     """
     return None
 

@@ -3,9 +3,9 @@
 - ``softmax_cross_entropy``: the spelling ``logsumexp(x) -
   take_along_axis(x, label)`` differentiates the gather into a
   scatter-add, which on a ``(2, 512, 512, 150)`` logit map took longer
-  than the whole model (TensorFlow's ``UnsortedSegmentSum``: 2 s of a 3 s
-  step). The generic version is a one-hot ``where`` that XLA fuses into
-  the reductions; TensorFlow and PyTorch register their fused sparse
+  than the whole model (TensorFlow's ``UnsortedSegmentSum``: two thirds of
+  a training step). The generic version is a one-hot ``where`` that XLA
+  fuses into the reductions; TensorFlow and PyTorch register their fused sparse
   cross-entropy kernels (cpu).
 - ``argmax``: Keras' TensorFlow ``argmax`` first rewrites ``-0.0`` with
   four extra full-size passes (a flush-to-zero workaround); over logits
