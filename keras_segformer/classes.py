@@ -2,9 +2,10 @@
 
 ADE20K (150 classes, ``reduce_labels`` indexing: 0 is "wall") and
 Cityscapes (19 train ids) as in mmsegmentation's dataset definitions
-(``mmseg/datasets/ade.py``, ``cityscapes.py``; Apache-2.0). The data
-readers, the overlays and every ``labels=`` / ``--labels`` argument use
-these tables and ``resolve_labels``.
+(``mmseg/datasets/ade.py``, ``cityscapes.py``; Apache-2.0), and the
+demo's generated shapes. The data readers, the overlays and every
+``labels=`` / ``--labels`` argument use these tables and
+``resolve_labels``.
 """
 
 import json
@@ -84,6 +85,21 @@ CITYSCAPES_PALETTE = (
     (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
     (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100),
     (0, 0, 230), (119, 11, 32),
+)
+
+# The demo's generated shapes (``keras_segformer.data.synthetic``, which
+# draws them): background, then one shape per class; a demo of k classes
+# has the first k.
+SHAPES_CLASSES = (
+    "background", "red_disc", "green_box", "blue_triangle", "yellow_band",
+    "magenta_ellipse", "cyan_blob", "orange_square", "white_grid",
+    "purple_triangle",
+)
+
+SHAPES_PALETTE = (
+    (0, 0, 0), (215, 40, 40), (40, 180, 60), (60, 110, 240), (225, 205, 40),
+    (205, 50, 195), (40, 195, 205), (240, 135, 30), (230, 230, 230),
+    (115, 45, 175),
 )
 
 # fmt: on

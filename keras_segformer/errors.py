@@ -35,6 +35,24 @@ class CheckpointError(ValueError):
     """
 
 
+def plural(count, noun, nouns=None):
+    """``count`` and ``noun``, in the plural unless ``count`` is 1.
+
+    Args:
+        count: int.
+        noun: str. The singular.
+        nouns: str or None. The plural (default: ``noun + "s"``).
+
+    Returns:
+        str.
+
+    Example:
+    >>> plural(1, "image"), plural(3, "image")
+    ('1 image', '3 images')
+    """
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def sample(names, n=6, sep=", "):
     """The first ``n`` of ``names`` (sorted), then ``...`` if there are
     more: a short list for a message.

@@ -13,6 +13,7 @@ from conftest import BACKEND, tiny_segformer
 from PIL import Image
 
 from keras_segformer import cli
+from keras_segformer.cli import common
 
 # TensorFlow's C++ start-up log lines (absl format) are no part of the
 # message.
@@ -442,7 +443,8 @@ def test_model_commands_share_the_model_arguments(command, capsys):
     actions = {a.dest: a for a in sub._actions}
     assert actions["model"].required
     assert "a .weights.h5 file" in actions["model"].help
-    assert actions["num_classes"].type is int
+    # One definition (an int >= 1) in every command.
+    assert actions["num_classes"].type is common.int_at_least(1)
     assert not actions["variant"].required
     with pytest.raises(SystemExit):
         parser.parse_args([command])

@@ -95,7 +95,7 @@ def test_nvlabs_to_keras_with_cityscapes_labels(files, tmp_path, capsys):
 def test_mmseg_to_weights_h5_verbose(files, tmp_path, capsys):
     out = tmp_path / "mm.weights.h5"
     assert run_cli(files["mmseg"], "--out", out, "--variant", "b0") == 2
-    assert "variant='b0'" in capsys.readouterr().err
+    assert "--variant b0 has hidden_sizes" in capsys.readouterr().err
     rc = run_cli(
         files["mmseg"], "--out", out, "--num-heads", "1,2,3,4", "--verbose"
     )
@@ -134,6 +134,63 @@ def test_imagenet_backbone_under_new_head(files, tmp_path, capsys):
     model = keras.saving.load_model(out)
     assert isinstance(model, keras_segformer.SegFormer)
     assert model.num_classes == 3
+
+
+def test_labels_of_a_dataset_give_an_imagenet_encoder_a_new_head(
+    files, tmp_path, capsys
+):
+    # The README's `convert mit_b0.pth --out b0.keras --labels ade20k`
+    # (here a tiny MiT, which names no variant: heads and decoder given).
+    out = tmp_path / "city.keras"
+    tiny = ["--num-heads", "1,2,3,4", "--decoder-hidden-size", "8"]
+    rc = run_cli(files["mit"], "--out", out, "--labels", "cityscapes", *tiny)
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "ImageNet classifier (5 classes); --labels cityscapes names 19" in (
+        printed
+    )
+    assert "new 19-class head" in printed
+    model = keras.saving.load_model(out)
+    assert isinstance(model, keras_segformer.SegFormer)
+    assert model.num_classes == 19 and model.id2label[0] == "road"
+    # The encoder is the checkpoint's: as --backbone-only gives it.
+    same = tmp_path / "same.keras"
+    argv = ["--backbone-only", "--num-classes", "19", *tiny]
+    assert run_cli(files["mit"], "--out", same, *argv) == 0
+    reference = keras.saving.load_model(same).backbone.get_weights()
+    for a, b in zip(model.backbone.get_weights(), reference, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_errors_name_the_flags(files, tmp_path, capsys):
+    out = tmp_path / "x.keras"
+    cases = [
+        # (arguments, what the message says)
+        ((), "Pass --num-heads (one value per stage) or --variant."),
+        (
+            ("--num-heads", "1,2,3,4", "--num-classes", "7"),
+            "--num-classes 7 was asked for: pass --backbone-only",
+        ),
+        (
+            ("--num-heads", "1,2,3,4", "--task", "classification"),
+            "--task classification was asked for: pass --backbone-only",
+        ),
+        (
+            ("--num-heads", "1,2,3,4", "--labels", "ade20k"),
+            "--labels ade20k names 150 classes; the checkpoint's head has 19: "
+            "add --backbone-only --num-classes 150",
+        ),
+        (("--format", "mmseg"), "--format mmseg was asked for"),
+    ]
+    for argv, message in cases:
+        assert run_cli(files["nvlabs"], "--out", out, *argv) == 2
+        err = capsys.readouterr().err
+        assert message in err, (argv, err)
+        assert not any(
+            name in err
+            for name in ("backbone_only", "num_classes", "num_heads", "`")
+        ), err
+    assert not out.exists()
 
 
 def test_nvlabs_to_transformers_directory(files, tmp_path, capsys):

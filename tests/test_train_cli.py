@@ -229,9 +229,9 @@ def test_demo_command_end_to_end(tmp_path, capsys):
             str(out),
             "--size",
             "64",
-            "--train-images",
+            "--num-train-images",
             "8",
-            "--val-images",
+            "--num-val-images",
             "2",
             "--epochs",
             "1",
@@ -260,8 +260,16 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     # nothing).
     data = sorted((out / "data").rglob("*.png"))
     before = [p.read_bytes() for p in data]
-    argv = ["demo", "--out", str(out), "--size", "96", "--train-images", "8"]
-    argv += ["--val-images", "2", "--epochs", "1", "--steps", "2"]
+    argv = [
+        "demo",
+        "--out",
+        str(out),
+        "--size",
+        "96",
+        "--num-train-images",
+        "8",
+    ]
+    argv += ["--num-val-images", "2", "--epochs", "1", "--steps", "2"]
     argv += ["--batch-size", "2", "--overlays", "2"]
     assert main(argv) == 2
     err = capsys.readouterr().err

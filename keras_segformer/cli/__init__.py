@@ -43,9 +43,12 @@ COMMANDS = (
 
 
 def build_parser():
+    from keras_segformer.cli.common import HelpFormatter
+
     parser = argparse.ArgumentParser(
         prog="keras-segformer",
         description="SegFormer semantic segmentation for Keras 3.",
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -61,6 +64,8 @@ def build_parser():
     # and `keras-segformer train ... --debug`.
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     for command in sub.choices.values():
+        # Every flag's help ends with its default (one format for all).
+        command.formatter_class = HelpFormatter
         command.add_argument(
             "--debug",
             action="store_true",

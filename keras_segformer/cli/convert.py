@@ -23,9 +23,18 @@ Output (``--out``), by the rule of ``export`` (see
   ``--out`` as it was.
 """
 
+import argparse
+import contextlib
 import os
+import re
 import zipfile
 
+from keras_segformer.cli.common import (
+    add_labels,
+    add_num_classes,
+    add_variant,
+    int_at_least,
+)
 from keras_segformer.cli.outputs import (
     check_existing_out,
     check_not_input,
@@ -33,8 +42,11 @@ from keras_segformer.cli.outputs import (
     listing,
     written_in_place,
 )
-from keras_segformer.convert.formats import FORMATS
-from keras_segformer.convert.loader import TASKS
+
+# keras_segformer.convert's FORMATS and TASKS (a test checks they are
+# equal), written out so that `convert --help` starts without Keras.
+FORMATS = ("auto", "hf", "nvlabs", "mit", "mmseg")
+TASKS = ("segmentation", "classification", "backbone")
 
 # What ``save_pretrained`` writes: all --overwrite replaces in a folder.
 TRANSFORMERS_ENTRIES = frozenset(("config.json", "model.safetensors"))
@@ -61,13 +73,82 @@ _FOREIGN_EXTENSIONS = (
 
 
 def _int_list(text):
+    """argparse type: comma-separated ints, one per stage."""
     try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise ValueError(
-            f"Expected comma-separated integers such as 1,2,5,8. Received: "
-            f"{text!r}"
-        ) from None
+        values = None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated ints >= 1 such as 1,2,5,8, got {text!r}"
+        )
+    return values
+
+
+_int_list.__name__ = "int list"
+
+
+# ``load_checkpoint``'s arguments that are flags here: its messages name
+# the flags instead (``flag_names``).
+_FLAGS = {
+    name: "--" + name.replace("_", "-")
+    for name in (
+        "format",
+        "task",
+        "num_classes",
+        "labels",
+        "backbone_only",
+        "variant",
+        "num_heads",
+        "strides",
+        "decoder_hidden_size",
+    )
+}
+_QUOTED = re.compile(r"`(\w+)=?`")
+_ASSIGNED = re.compile(r"\b(\w+)=('([^']*)'|\[([^\]]*)\]|[\w.-]+)")
+
+
+def flag_names(message):
+    """``message`` with ``load_checkpoint``'s argument names written as
+    ``convert``'s flags: ``backbone_only=True`` -> ``--backbone-only``,
+    ``variant='b0'`` -> ``--variant b0``, ```num_heads``` ->
+    ``--num-heads`` (other names are left as they are).
+
+    Example:
+    >>> flag_names("pass backbone_only=True and `num_classes`")
+    'pass --backbone-only and --num-classes'
+    """
+
+    def assigned(match):
+        flag = _FLAGS.get(match[1])
+        if flag is None:
+            return match[0]
+        if match[2] == "True":
+            return flag
+        value = match[3] if match[3] is not None else match[2]
+        if match[4] is not None:  # a list: 1,2,5,8 as the flag takes it
+            value = match[4].replace(" ", "")
+        return f"{flag} {value}"
+
+    message = _QUOTED.sub(lambda m: _FLAGS.get(m[1], m[0]), message)
+    return _ASSIGNED.sub(assigned, message)
+
+
+@contextlib.contextmanager
+def _flag_names():
+    """Raise a ``ValueError`` / ``TypeError`` of the block again with
+    ``flag_names`` applied to its message."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        message = flag_names(str(e))
+        if message == str(e):
+            raise
+        try:
+            renamed = type(e)(message)
+        except Exception:  # an error type that takes other arguments
+            renamed = ValueError(message)
+        raise renamed from e
 
 
 def add_parser(subparsers):
@@ -99,26 +180,47 @@ def add_parser(subparsers):
         "config.json and model.safetensors); never SRC, a folder holding "
         "it, a training run's files or a folder holding anything else",
     )
-    p.add_argument("--format", default="auto", choices=FORMATS)
     p.add_argument(
-        "--labels",
-        help="class names: ade20k, cityscapes or a JSON file (list, "
-        "{index: name} or a config.json with id2label)",
+        "--format",
+        default="auto",
+        choices=FORMATS,
+        help="the checkpoint's format (auto: told by its tensor names)",
     )
-    p.add_argument(
-        "--variant",
-        help="b0 ... b5: attention heads and strides from the variant table "
-        "(checked against the weights)",
+    add_labels(
+        p,
+        "a segmentation dataset's names for an ImageNet MiT checkpoint "
+        "give a SegFormer with a new head of that many classes (default: "
+        "the checkpoint's names, if any)",
+    )
+    add_variant(
+        p,
+        "attention heads and strides from the variant table, checked "
+        "against the weights (default: the variant the weights match)",
     )
     p.add_argument(
         "--num-heads",
         type=_int_list,
-        help="attention heads per stage, e.g. 1,2,5,8 (for hidden sizes "
-        "that match no variant)",
+        metavar="N,N,N,N",
+        help="attention heads per stage, e.g. 1,2,5,8, for hidden sizes "
+        "that match no variant (default: the variant's)",
     )
-    p.add_argument("--task", choices=TASKS, help="default: the checkpoint's")
     p.add_argument(
-        "--num-classes", type=int, help="classes of a new head (fine-tuning)"
+        "--strides",
+        type=_int_list,
+        metavar="N,N,N,N",
+        help="patch-embedding strides per stage, e.g. 4,2,2,2, for patch "
+        "sizes that match no variant (default: the variant's)",
+    )
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        help="the model to build (default: the checkpoint's; "
+        "segmentation with --backbone-only)",
+    )
+    add_num_classes(
+        p,
+        "classes of a new head, with --backbone-only (default: the "
+        "checkpoint's)",
     )
     p.add_argument(
         "--backbone-only",
@@ -126,7 +228,9 @@ def add_parser(subparsers):
         help="load the encoder only, under a fresh head",
     )
     p.add_argument(
-        "--decoder-hidden-size", type=int, help="channels of a new decoder"
+        "--decoder-hidden-size",
+        type=int_at_least(1),
+        help="channels of a new decoder (default: the variant's)",
     )
     p.add_argument(
         "--verbose",
@@ -179,10 +283,59 @@ def _save_folder(model, out):
         save_pretrained(model, temp)
 
 
+def _load(args, names):
+    """``load_checkpoint`` with the flags. ``--labels`` naming other
+    classes than an ImageNet classifier's (the README's ``convert
+    mit_b0.pth --out b0.keras --labels ade20k``) builds a SegFormer with a
+    new head of that many classes on its encoder, as ``--backbone-only
+    --num-classes N`` would, and says so in one line."""
+    from keras_segformer.convert import infer_architecture
+    from keras_segformer.convert.loader import _read, load_checkpoint
+
+    options = dict(
+        format=args.format,
+        task=args.task,
+        num_classes=args.num_classes,
+        labels=args.labels,
+        backbone_only=args.backbone_only,
+        variant=args.variant,
+        num_heads=args.num_heads,
+        strides=args.strides,
+        decoder_hidden_size=args.decoder_hidden_size,
+    )
+    try:
+        return load_checkpoint(args.src, **options)
+    except ValueError:
+        given = (args.task, args.num_classes, args.backbone_only or None)
+        if names is None or any(v is not None for v in given):
+            raise
+        _, state_dict, layout, _ = _read(args.src, args.format)
+        arch = infer_architecture(state_dict, layout)
+        del state_dict
+        n = len(names)
+        if arch["num_classes"] in (None, n):
+            raise
+        if arch["task"] == "segmentation":
+            raise ValueError(
+                f"--labels {args.labels} names {n} classes; the checkpoint's "
+                f"head has {arch['num_classes']}: add --backbone-only "
+                f"--num-classes {n} for a new head on its encoder."
+            ) from None
+        if arch["task"] != "classification":
+            raise
+    print(
+        f"{args.src} is an ImageNet classifier ({arch['num_classes']} "
+        f"classes); --labels {args.labels} names {n}: a SegFormer with a "
+        f"new {n}-class head on its encoder (as --backbone-only "
+        f"--num-classes {n})"
+    )
+    options.update(task="segmentation", num_classes=n, backbone_only=True)
+    return load_checkpoint(args.src, **options)
+
+
 def run(args):
     """Convert ``args.src`` and write ``args.out``; print the report."""
     from keras_segformer.cli.common import read_class_names
-    from keras_segformer.convert.loader import load_checkpoint
     from keras_segformer.convert.to_hf import hf_config
 
     out = args.out
@@ -208,18 +361,9 @@ def run(args):
     )
     # The file and its contents are checked here to name the flag; the
     # class count once the checkpoint is read.
-    read_class_names(args.labels)
-    model = load_checkpoint(
-        args.src,
-        format=args.format,
-        task=args.task,
-        num_classes=args.num_classes,
-        labels=args.labels,
-        backbone_only=args.backbone_only,
-        variant=args.variant,
-        num_heads=args.num_heads,
-        decoder_hidden_size=args.decoder_hidden_size,
-    )
+    names = read_class_names(args.labels)
+    with _flag_names():
+        model = _load(args, names)
     report = model.load_report
     print(report.summary())
     if args.verbose:
@@ -227,7 +371,8 @@ def run(args):
     if to_keras:
         _save_atomic(model, out)
     else:
-        hf_config(model)  # refuses (mmseg head) before anything is written
+        with _flag_names():  # refuses (mmseg head) before anything is written
+            hf_config(model)
         _save_folder(model, out)
     print(f"wrote {out}")
     return 0

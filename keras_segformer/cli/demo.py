@@ -8,10 +8,17 @@ writes prediction overlays, all under ``--out``.
 import os
 import time
 
+from keras_segformer.errors import plural
+
 
 def add_parser(subparsers):
+    """Register ``demo`` (see ``keras_segformer.cli``)."""
     from keras_segformer.cli.common import (
-        float_at_least,
+        add_batch_size,
+        add_num_classes,
+        add_schedule,
+        add_seed,
+        add_variant,
         image_size,
         int_at_least,
     )
@@ -26,20 +33,47 @@ def add_parser(subparsers):
             "refused, naming the flag, unless --overwrite."
         ),
     )
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--variant", default="b0")
+    p.add_argument(
+        "--out",
+        default="demo_out",
+        help="output folder: data/, train/ (the run), overlays/, summary.json",
+    )
+    add_variant(p, "its size", default="b0")
+    add_num_classes(
+        p,
+        "classes of the generated data, background included (2 to 10)",
+        low=2,
+        default=6,
+    )
+    p.add_argument(
+        "--size",
+        type=image_size,
+        default=128,
+        help="side of the generated square images",
+    )
     count = int_at_least(1)
-    p.add_argument("--num-classes", type=int_at_least(2), default=6)
-    p.add_argument("--size", type=image_size, default=128, help="image side")
-    p.add_argument("--train-images", type=count, default=400)
-    p.add_argument("--val-images", type=count, default=48)
-    p.add_argument("--epochs", type=count, default=8)
-    p.add_argument("--steps", type=count, default=50, help="steps per epoch")
-    p.add_argument("--batch-size", type=count, default=8)
+    p.add_argument(
+        "--num-train-images",
+        type=count,
+        default=400,
+        help="generated training images",
+    )
+    p.add_argument(
+        "--num-val-images",
+        type=count,
+        default=48,
+        help="generated held-out images, scored at the end",
+    )
     # From scratch (no ImageNet encoder), so 10x the fine-tuning rate.
-    p.add_argument("--lr", type=float_at_least(0.0), default=6e-4)
-    p.add_argument("--overlays", type=int_at_least(0), default=8)
-    p.add_argument("--seed", type=int, default=0)
+    add_schedule(p, epochs=8, steps=50, lr=6e-4)
+    add_batch_size(p, "images per step", 8)
+    p.add_argument(
+        "--overlays",
+        type=int_at_least(0),
+        default=8,
+        help="held-out images drawn with their predicted masks",
+    )
+    add_seed(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -51,8 +85,8 @@ def add_parser(subparsers):
 def _settings(args):
     """The flags that define a demo run: recorded in its run.json and
     compared before anything is written when it is started again."""
-    names = ("variant", "num_classes", "size", "train_images")
-    names += ("val_images", "steps", "batch_size", "lr", "seed")
+    names = ("variant", "num_classes", "size", "num_train_images")
+    names += ("num_val_images", "steps", "batch_size", "lr", "seed")
     return {"--" + n.replace("_", "-"): getattr(args, n) for n in names}
 
 
@@ -65,8 +99,8 @@ def _datasets(args):
 
     files = synthetic.generate(
         os.path.join(args.out, "data"),
-        num_train=args.train_images,
-        num_val=args.val_images,
+        num_train=args.num_train_images,
+        num_val=args.num_val_images,
         size=(args.size, args.size),
         num_classes=args.num_classes,
         seed=args.seed,
@@ -175,9 +209,9 @@ def run(args):
     print(
         f"\nheld-out mIoU {100 * scores['mIoU']:.1f}  mAcc "
         f"{100 * scores['mAcc']:.1f}  aAcc {100 * scores['aAcc']:.1f}  "
-        f"({len(val.images)} images, {total} steps, "
+        f"({plural(len(val.images), 'image')}, {plural(total, 'step')}, "
         f"{summary['seconds']:.0f} s)"
     )
     print(f"model: {os.path.join(out, 'train', trainer.FINAL_MODEL)}")
-    print(f"overlays: {overlay_dir}/ ({len(shown)} images)")
+    print(f"overlays: {overlay_dir}/ ({plural(len(shown), 'image')})")
     return 0

@@ -1,28 +1,45 @@
 """``keras-segformer evaluate``: mIoU, mAcc, aAcc and per-class IoU."""
 
-from keras_segformer.cli.common import add_model_arguments
+from keras_segformer.cli.common import (
+    add_data_folders,
+    add_model_arguments,
+    add_reduce_labels,
+    image_size,
+)
 
 
 def add_parser(subparsers):
+    """Register ``evaluate`` (see ``keras_segformer.cli``)."""
     p = subparsers.add_parser(
         "evaluate",
         help="score a model on image/mask folders (mIoU, mAcc, aAcc)",
+        description=(
+            "Score a model on a folder of images and their masks: mean IoU "
+            "over the classes (mIoU), mean class accuracy (mAcc), pixel "
+            "accuracy (aAcc) and the IoU of every class, as mmseg computes "
+            "them (pixels labelled 255 are ignored). Whole images, one at a "
+            "time."
+        ),
     )
     add_model_arguments(p)
-    p.add_argument("--images", required=True)
-    p.add_argument("--masks", required=True)
-    p.add_argument("--reduce-labels", action="store_true")
+    add_data_folders(p, "evaluation")
+    add_reduce_labels(p)
     p.add_argument(
         "--eval-size",
-        type=int,
+        type=image_size,
         help="resize so the short side is this (default: whole images)",
     )
-    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object instead of the table",
+    )
     p.set_defaults(func=run)
 
 
 def run(args):
     from keras_segformer.cli.common import load_any_model
+    from keras_segformer.cli.tf_logs import data_error_logs_dropped
     from keras_segformer.data import make_dataset
     from keras_segformer.training import trainer
 
@@ -38,7 +55,8 @@ def run(args):
         reduce_labels=args.reduce_labels,
         eval_size=args.eval_size,
     )
-    scores = trainer.evaluate(model, dataset, verbose=not args.json)
+    with data_error_logs_dropped():  # a data error's one line, not TF's
+        scores = trainer.evaluate(model, dataset, verbose=not args.json)
     if args.json:
         print(trainer.dump_scores({k: v for k, v in scores.items()}))
     else:

@@ -25,14 +25,19 @@ import sys
 
 import numpy as np
 
+from keras_segformer.classes import SHAPES_CLASSES, SHAPES_PALETTE
 from keras_segformer.cli.common import (
+    add_batch_size,
     add_model_arguments,
-    image_size,
+    add_size,
     int_at_least,
     output_folder,
     positive_float,
+    size_pair,
+    size_value,
 )
 from keras_segformer.decode import IMAGE_EXTENSIONS
+from keras_segformer.errors import plural
 
 PALETTES = ("auto", "ade20k", "cityscapes")
 
@@ -52,21 +57,26 @@ def add_parser(subparsers):
     parser.add_argument(
         "--input", required=True, help="an image file or a folder of images"
     )
-    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="output folder for NAME_mask.png and NAME_overlay.png",
+    )
     parser.add_argument(
         "--slide",
         action="store_true",
-        help="sliding-window inference (needs --crop-size)",
+        help="sliding-window inference (needs --crop-size; default: the "
+        "whole image in one call)",
     )
-    parser.add_argument(
-        "--crop-size", nargs=2, type=image_size, metavar=("H", "W")
+    add_size(
+        parser, "--crop-size", "window size, needed by --slide", unset="none"
     )
-    parser.add_argument(
+    add_size(
+        parser,
         "--stride",
-        nargs=2,
+        "window step",
         type=int_at_least(1),
-        metavar=("H", "W"),
-        help="window step (default: --crop-size)",
+        unset="--crop-size",
     )
     parser.add_argument(
         "--scales",
@@ -76,16 +86,19 @@ def add_parser(subparsers):
         help="test-time scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75",
     )
     parser.add_argument(
-        "--flip", action="store_true", help="also run mirrored images"
+        "--flip",
+        action="store_true",
+        help="also run mirrored images (test-time augmentation)",
     )
     parser.add_argument(
         "--palette",
         default="auto",
         choices=PALETTES,
-        help="colours: auto picks ADE20K or Cityscapes when the model's "
-        "classes are those, else distinct generated colours",
+        help="overlay colours: auto takes the colours of the classes the "
+        "model names (ADE20K, Cityscapes, the demo's shapes), else distinct "
+        "generated colours",
     )
-    parser.add_argument("--batch-size", type=int_at_least(1), default=4)
+    add_batch_size(parser, "images per model call", 4)
     parser.set_defaults(func=run)
     return parser
 
@@ -252,7 +265,7 @@ def check_memory(files, model, args):
     available = available_memory()
     if available is None:
         return
-    crop = tuple(args.crop_size) if args.slide else None
+    crop = size_pair(args.crop_size) if args.slide else None
     for path in files:
         try:
             with Image.open(path) as image:  # the header only
@@ -293,6 +306,10 @@ def _matches(names, reference):
 def resolve_palette(spec, model):
     """Palette and class names for the overlays.
 
+    ``"auto"`` takes the colours of the classes the model names: ADE20K's,
+    Cityscapes' or (a model of ``keras-segformer demo``) the generated
+    shapes'; distinct generated colours for other classes.
+
     Args:
         spec: str. ``"auto"``, ``"ade20k"`` or ``"cityscapes"``.
         model: the model; its ``id2label`` (if any) names the classes.
@@ -319,6 +336,9 @@ def resolve_palette(spec, model):
             reference = get_class_names(dataset)
             if names is not None and _matches(names, reference):
                 spec = dataset
+        if names is not None and _matches(names, SHAPES_CLASSES[:num_classes]):
+            # The demo's model: the colours its data was drawn in.
+            return SHAPES_PALETTE[:num_classes], names
         if spec is None:
             return generic_palette(max(num_classes, 2)), names
     if names is None:
@@ -363,7 +383,7 @@ def run(args):
     files = list_images(args.input)
     single = os.path.isfile(args.input)
     if args.slide and args.crop_size is None:
-        raise ValueError("--slide needs --crop-size H W.")
+        raise ValueError("--slide needs --crop-size (one size or H W).")
     if not args.slide and (args.crop_size or args.stride):
         raise ValueError("--crop-size and --stride are used with --slide.")
     output_folder(args.output, "--output")
@@ -376,8 +396,8 @@ def run(args):
     segmenter = Segmenter(
         model,
         mode="slide" if args.slide else "whole",
-        crop_size=args.crop_size,
-        stride=args.stride,
+        crop_size=size_value(args.crop_size),
+        stride=size_value(args.stride),
         scales=args.scales,
         flip=args.flip,
         batch_size=args.batch_size,
@@ -413,11 +433,12 @@ def run(args):
                 written += 1
         if progress is not None:
             progress.add(len(chunk))
-    print(f"Wrote {2 * written} files to {args.output}")
+    print(f"Wrote {plural(2 * written, 'file')} to {args.output}")
     if failed:
         print(
-            f"keras-segformer predict: {len(failed)} of {len(files)} "
-            "images could not be read (no output for them):",
+            f"keras-segformer predict: {len(failed)} of "
+            f"{plural(len(files), 'image')} could not be read (no output "
+            "for them):",
             file=sys.stderr,
         )
         for reason in failed:

@@ -5,11 +5,20 @@ import os
 import sys
 
 from keras_segformer.cli.common import (
-    float_at_least,
-    image_size,
+    add_batch_size,
+    add_data_folders,
+    add_labels,
+    add_num_classes,
+    add_reduce_labels,
+    add_schedule,
+    add_seed,
+    add_size,
+    add_variant,
     int_at_least,
     output_folder,
+    size_value,
 )
+from keras_segformer.errors import plural
 
 
 def add_parser(subparsers):
@@ -34,44 +43,40 @@ def add_parser(subparsers):
 
 def _add_model_arguments(p):
     """Model, data folders and the starting point."""
-    p.add_argument("--variant", default="b0", help="b0 ... b5 (default b0)")
-    p.add_argument("--num-classes", type=int_at_least(1), required=True)
-    p.add_argument("--images", required=True, help="training image folder")
-    p.add_argument("--masks", required=True, help="training mask folder")
-    p.add_argument("--val-images", help="validation image folder")
-    p.add_argument("--val-masks", help="validation mask folder")
+    add_variant(p, "its size", default="b0")
+    add_num_classes(p, "classes of the masks", required=True)
+    add_data_folders(p, "training")
+    p.add_argument(
+        "--val-images",
+        help="folder of validation images, scored after every epoch "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--val-masks",
+        help="folder of their masks (with --val-images; default: none)",
+    )
     p.add_argument(
         "--init",
         help=(
             "start from a .keras model, a .weights.h5 file or a transformers "
             "directory (backbone only when the class count differs); not "
-            "read when the run resumes"
+            "read when the run resumes (default: random weights)"
         ),
     )
 
 
 def _add_loop_arguments(p):
     """Epochs, steps, batch size and devices."""
-    p.add_argument(
-        "--epochs",
-        type=int_at_least(1),
-        default=10,
-        help=(
-            "epochs in all (default 10); more than a finished run in --out "
-            "had continues it"
-        ),
+    add_schedule(
+        p,
+        epochs=10,
+        lr=6e-5,
+        more={
+            "--epochs": "; more than a finished run in --out had continues it",
+            "--steps": " (default: one pass over the training images)",
+        },
     )
-    p.add_argument(
-        "--steps",
-        type=int_at_least(1),
-        help="steps per epoch (default: one pass over the training images)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int_at_least(1),
-        default=8,
-        help="global batch size, split over --devices (default 8)",
-    )
+    add_batch_size(p, "global batch size, split over --devices", 8)
     p.add_argument(
         "--devices",
         type=_devices,
@@ -86,16 +91,8 @@ def _add_loop_arguments(p):
 
 
 def _add_recipe_arguments(p):
-    """Crop, rescale box, learning rate and label reduction."""
-    p.add_argument(
-        "--crop-size",
-        type=image_size,
-        nargs="+",
-        action=_OneOrTwo,
-        default=[512],
-        metavar="SIZE",
-        help="training crop: one size, or height and width (default 512)",
-    )
+    """Crop, rescale box, warmup and label reduction."""
+    add_size(p, "--crop-size", "training crop", default=[512])
     p.add_argument(
         "--base-size",
         type=int_at_least(1),
@@ -105,20 +102,23 @@ def _add_recipe_arguments(p):
         help="rescale box before the random 0.5-2.0 ratio (mmseg img_scale)",
     )
     p.add_argument(
-        "--lr",
-        type=float_at_least(0.0),
-        default=6e-5,
-        help="peak learning rate (default 6e-5)",
+        "--warmup-steps",
+        type=int_at_least(0),
+        default=1500,
+        help="steps of linear warmup (at most half of all steps)",
     )
-    p.add_argument("--warmup-steps", type=int_at_least(0), default=1500)
-    p.add_argument("--reduce-labels", action="store_true")
+    add_reduce_labels(p)
 
 
 def _add_output_arguments(p):
     """Class names, seed and the output folder."""
-    p.add_argument("--labels", help="class names: ade20k, cityscapes or JSON")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output folder")
+    add_labels(p, "kept in the model (default: none)")
+    add_seed(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: run.json, log.csv, checkpoints, model.keras",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -127,19 +127,6 @@ def _add_output_arguments(p):
             "model.keras, log.csv, checkpoints/, backup/, tensorboard/)"
         ),
     )
-
-
-class _OneOrTwo(argparse.Action):
-    """``nargs="+"`` limited to one value or two (height, width)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if len(values) > 2:
-            raise argparse.ArgumentError(
-                self,
-                "expected one size or two (height width), got "
-                + " ".join(map(str, values)),
-            )
-        setattr(namespace, self.dest, values)
 
 
 def _devices(text):
@@ -238,7 +225,8 @@ def run(args):
     devices = None if args.devices == "all" else args.devices
     with distribution_scope(devices) as replicas:
         print(
-            f"data-parallel training on {replicas.num_replicas} devices: "
+            "data-parallel training on "
+            f"{plural(replicas.num_replicas, 'device')}: "
             + ", ".join(replicas.devices)
         )
         check_batch_size(args.batch_size, replicas.num_replicas, "--batch-size")
@@ -324,12 +312,11 @@ def _datasets(args, train_pairs, replicas=None):
         reduce_labels=args.reduce_labels,
         seed=args.seed,
     )
-    crop = args.crop_size
     train_ds = make_dataset(
         *(cluster_lib.shard(pairs, found) for pairs in train_pairs),
         batch_size=cluster_lib.input_batch_size(args.batch_size, found),
         training=True,
-        crop_size=crop[0] if len(crop) == 1 else tuple(crop),
+        crop_size=size_value(args.crop_size),
         base_size=tuple(args.base_size),
         repeat=True,
         **common,

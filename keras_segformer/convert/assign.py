@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_segformer.errors import CheckpointError, sample
+from keras_segformer.errors import CheckpointError, plural, sample
 
 
 def _linear(w):  # torch Linear (out, in) -> Dense (in, out)
@@ -115,18 +115,19 @@ class LoadReport:
             )
             lines.append(f"architecture: {desc}")
         lines.append(
-            f"assigned {len(self.mapping)} variables from {len(sources)} "
-            f"source tensors ({splits} slices of fused tensors)"
+            f"assigned {plural(len(self.mapping), 'variable')} from "
+            f"{plural(len(sources), 'source tensor')} "
+            f"({plural(splits, 'slice')} of fused tensors)"
         )
         if self.skipped:
             lines.append(
-                f"skipped {len(self.skipped)} source tensors on purpose: "
-                + sample(self.skipped, 8)
+                f"skipped {plural(len(self.skipped), 'source tensor')} on "
+                "purpose: " + sample(self.skipped, 8)
             )
         if self.fresh:
             lines.append(
-                f"{len(self.fresh)} variables keep their initial values "
-                "(new head): " + sample(self.fresh, 4)
+                f"{plural(len(self.fresh), 'variable')} keep their initial "
+                "values (new head): " + sample(self.fresh, 4)
             )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)

@@ -21,19 +21,29 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from keras_segformer.classes import SHAPES_CLASSES, SHAPES_PALETTE
 from keras_segformer.data.readers import SegmentationFiles, folder
+from keras_segformer.io_atomic import write_atomic, write_text
 
+# Texture and default shape of classes 1, 2, ... (their names and colours:
+# keras_segformer.classes, where predict finds them too).
+_DRAWING = (
+    ("dots", "circle"),
+    ("hstripes", "rectangle"),
+    ("checker", "triangle"),
+    ("diagonal", "band"),
+    ("rings", "ellipse"),
+    ("speckle", "blob"),
+    ("vstripes", "rectangle"),
+    ("grid", "circle"),
+    ("flat", "triangle"),
+)
 # name, RGB colour, texture, default shape. Row k is class k + 1.
-CLASSES = (
-    ("red_disc", (215, 40, 40), "dots", "circle"),
-    ("green_box", (40, 180, 60), "hstripes", "rectangle"),
-    ("blue_triangle", (60, 110, 240), "checker", "triangle"),
-    ("yellow_band", (225, 205, 40), "diagonal", "band"),
-    ("magenta_ellipse", (205, 50, 195), "rings", "ellipse"),
-    ("cyan_blob", (40, 195, 205), "speckle", "blob"),
-    ("orange_square", (240, 135, 30), "vstripes", "rectangle"),
-    ("white_grid", (230, 230, 230), "grid", "circle"),
-    ("purple_triangle", (115, 45, 175), "flat", "triangle"),
+CLASSES = tuple(
+    (name, colour, *drawing)
+    for name, colour, drawing in zip(
+        SHAPES_CLASSES[1:], SHAPES_PALETTE[1:], _DRAWING, strict=True
+    )
 )
 MAX_CLASSES = len(CLASSES) + 1
 _SPLIT_IDS = {"train": 0, "val": 1}
@@ -259,14 +269,12 @@ def generate(
             image, mask = render(rng, size, num_classes)
             name = f"{split}_{i:05d}"
             if image_format == "jpg":
-                Image.fromarray(image).save(
-                    image_dir / f"{name}.jpg", quality=95
-                )
+                _save(Image.fromarray(image), image_dir / f"{name}.jpg")
             else:
-                Image.fromarray(image).save(image_dir / f"{name}.png")
+                _save(Image.fromarray(image), image_dir / f"{name}.png")
             mask_img = Image.fromarray(mask, mode="P")
             mask_img.putpalette(flat_palette)
-            mask_img.save(mask_dir / f"{name}.png")
+            _save(mask_img, mask_dir / f"{name}.png")
     meta = {
         "class_names": list(class_names(num_classes)),
         "num_train": int(num_train),
@@ -275,7 +283,7 @@ def generate(
         "seed": int(seed),
         "image_format": image_format,
     }
-    (out_dir / "classes.json").write_text(json.dumps(meta, indent=2))
+    write_text(out_dir / "classes.json", json.dumps(meta, indent=2))
     counts = {"train": num_train, "val": num_val}
     return {split: load(out_dir, split) for split in counts if counts[split]}
 
@@ -301,3 +309,18 @@ def load(out_dir, split="train"):
     names = json.loads(meta_file.read_text())["class_names"]
     files = folder(out_dir / "images" / split, out_dir / "masks" / split)
     return SegmentationFiles(files.images, files.masks, tuple(names))
+
+
+def _save(image, path):
+    """Write the PIL ``image`` to ``path`` atomically (a link there is
+    replaced, not written through); JPEG at quality 95."""
+    suffix = path.suffix.lower()
+    options = {"quality": 95} if suffix == ".jpg" else {}
+
+    def write(temporary):
+        with open(temporary, "xb") as f:
+            image.save(
+                f, format="JPEG" if suffix == ".jpg" else "PNG", **options
+            )
+
+    write_atomic(path, write)
