@@ -64,8 +64,10 @@ def test_segformer_exports_to_transformers(tmp_path):
     )
     paths = save_pretrained(model, tmp_path / "hf")
     assert sorted(os.listdir(tmp_path / "hf")) == [
+        "README.md",
         "config.json",
         "model.safetensors",
+        "preprocessor_config.json",
     ]
     config = json.load(open(paths["config"]))
     assert config["architectures"] == ["SegformerForSemanticSegmentation"]
@@ -89,7 +91,9 @@ def test_classifier_and_backbone_export(tmp_path, task):
         model = keras_segformer.build_mit(**TINY)
         cls = SegformerModel
     randomize(model, seed=1)
-    save_pretrained(model, tmp_path)
+    paths = model.save_pretrained(tmp_path)  # the method
+    assert sorted(paths) == ["config", "preprocessor", "readme", "weights"]
+    assert all(os.path.isfile(p) for p in paths.values())
     hf = load_hf(cls, tmp_path)
     x = images(seed=2)
     ref_logits, ref_stages = hf_forward(hf, x)
@@ -146,3 +150,103 @@ def test_other_layer_norm_epsilon_warns(tmp_path):
     assert torch.from_numpy(state["encoder.layer_norm.3.weight"]).shape == (
         TINY["hidden_sizes"][-1],
     )
+
+
+def test_pipeline_runs_on_saved_folder_and_its_masks_equal_ours(tmp_path):
+    from PIL import Image
+    from transformers import AutoImageProcessor, pipeline
+
+    from keras_segformer.inference import Segmenter
+
+    names = {i: f"class_{i}" for i in range(4)}
+    model = randomize(
+        keras_segformer.build_segformer(
+            4, decoder_hidden_size=TINY_DECODER, id2label=names, **TINY
+        ),
+        seed=3,
+    )
+    model.save_pretrained(tmp_path, image_size=(64, 96))
+    card = (tmp_path / "README.md").read_text()
+    assert "class_3" in card and "64x96" in card
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(processor).__name__.startswith("SegformerImageProcessor")
+    assert (processor.size["height"], processor.size["width"]) == (64, 96)
+    np.testing.assert_allclose(processor.image_mean, [0.485, 0.456, 0.406])
+
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)  # non-square
+    segment = pipeline("image-segmentation", model=str(tmp_path))
+    results = segment(Image.fromarray(pixels))
+    ours = Segmenter(model, size=(64, 96)).predict_mask(pixels)
+    assert ours.shape == (45, 70)
+    present = sorted(names[int(i)] for i in np.unique(ours))
+    assert len(present) > 1  # several masks to compare
+    assert sorted(r["label"] for r in results) == present
+    for r in results:
+        index = int(r["label"].split("_")[1])
+        mask = np.asarray(r["mask"]) > 0
+        np.testing.assert_array_equal(mask, ours == index, err_msg=r["label"])
+
+    again = keras_segformer.from_pretrained(tmp_path)
+    assert again.preprocessor_config["size"] == {"height": 64, "width": 96}
+    assert again.id2label == names
+
+
+def test_preprocessor_config_is_checked_against_in_model_normalization(
+    tmp_path,
+):
+    model = keras_segformer.build_segformer(
+        3, decoder_hidden_size=TINY_DECODER, **TINY
+    )
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "preprocessor_config.json"
+    config = json.loads(path.read_text())
+    config["image_mean"] = [0.5, 0.5, 0.5]
+    path.write_text(json.dumps(config))
+    loaded = keras_segformer.from_pretrained(tmp_path)
+    assert loaded.preprocessor_config["image_mean"] == [0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match="image_mean"):
+        keras_segformer.from_pretrained(tmp_path, include_preprocessing=True)
+    path.write_text(json.dumps({**config, "image_std": "wide"}))
+    with pytest.raises(CheckpointError, match="image_std"):
+        keras_segformer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("act", ["gelu_new", "gelu_pytorch_tanh"])
+def test_tanh_gelu_configs_are_honoured(tmp_path, act):
+    hf = save_hf_model(
+        tmp_path / "a", num_labels=3, hidden_act=act, seed=5, **HF_TINY
+    )
+    with torch.no_grad():  # weights large enough for the GELUs to differ
+        for param in hf.parameters():
+            param.mul_(4.0)
+    hf.save_pretrained(tmp_path / "a")
+    model = keras_segformer.from_pretrained(tmp_path / "a")
+    assert model.backbone.approximate_gelu
+    x = images((40, 56), batch=1, seed=6)
+    ref, _ = hf_forward(hf, x)
+    got = to_numpy(model.predict_on_batch(x))
+    np.testing.assert_allclose(got, ref, atol=TOL, rtol=0)
+    exact = keras_segformer.from_pretrained(
+        tmp_path / "a", approximate_gelu=False
+    )
+    gap = np.max(np.abs(to_numpy(exact.predict_on_batch(x)) - ref))
+    assert gap > 10 * TOL  # the test tells the two GELUs apart
+    model.save_pretrained(tmp_path / "b")
+    written = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert written["hidden_act"] == "gelu_new"
+
+
+def test_unknown_hidden_act_is_named():
+    from keras_segformer.convert import config_to_kwargs
+
+    config = {**HF_TINY, "hidden_act": "swish"}
+    config.update(
+        num_attention_heads=HF_TINY["num_attention_heads"],
+        sr_ratios=[8, 4, 2, 1],
+        patch_sizes=[7, 3, 3, 3],
+        strides=[4, 2, 2, 2],
+        mlp_ratios=[4, 4, 4, 4],
+    )
+    with pytest.raises(ValueError, match="'swish'"):
+        config_to_kwargs(config)

@@ -44,6 +44,11 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 
+# transformers' ``hidden_act`` -> ``approximate_gelu``: "gelu" is the exact
+# erf GELU; "gelu_new" and "gelu_pytorch_tanh" are the tanh approximation
+# (the same formula, also keras.ops.gelu(x, approximate=True)).
+HIDDEN_ACTS = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
+
 # Bookkeeping tensors with no Keras counterpart.
 SKIP_SUFFIXES = ("num_batches_tracked",)
 
@@ -367,9 +372,10 @@ def config_to_kwargs(config):
             f"Received: {type(config).__name__}"
         )
     act = config.get("hidden_act", "gelu")
-    if act != "gelu":
+    if not isinstance(act, str) or act not in HIDDEN_ACTS:
         raise ValueError(
-            f"Only hidden_act='gelu' is supported. The config has {act!r}."
+            f"config.json field 'hidden_act' is {act!r}; SegFormer models "
+            f"here support {sorted(HIDDEN_ACTS)} (exact or tanh GELU)."
         )
     missing = [k for k in _LIST_FIELDS if k not in config]
     if missing:
@@ -387,6 +393,7 @@ def config_to_kwargs(config):
         "dropout": config.get("hidden_dropout_prob", 0.0),
         "attention_dropout": config.get("attention_probs_dropout_prob", 0.0),
         "input_shape": (None, None, config.get("num_channels", 3)),
+        "approximate_gelu": HIDDEN_ACTS[act],
     }
     id2label = config.get("id2label")
     num_classes = config.get("num_labels") or (

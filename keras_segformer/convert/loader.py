@@ -304,7 +304,12 @@ def _settings(arch, layout, config, labels, backbone_only):
     backbone_kwargs, head_kwargs = hf.config_to_kwargs(config)
     arch["num_heads"] = list(backbone_kwargs["num_heads"])
     arch["strides"] = list(backbone_kwargs["strides"])
-    for name in ("drop_path_rate", "dropout", "attention_dropout"):
+    for name in (
+        "drop_path_rate",
+        "dropout",
+        "attention_dropout",
+        "approximate_gelu",
+    ):
         options[name] = backbone_kwargs[name]
     if labels is None and not backbone_only:
         labels = head_kwargs["id2label"]

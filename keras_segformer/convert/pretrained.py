@@ -4,10 +4,17 @@ Resolves the argument to a local directory (``huggingface_hub`` downloads
 a Hub id) and loads it with the one loader, ``load_checkpoint``.
 """
 
+import json
+import numbers
 import os
+
+import numpy as np
 
 from keras_segformer.convert import hf
 from keras_segformer.convert.loader import load_checkpoint
+from keras_segformer.convert.state_dict import CheckpointError
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
 
 
 def _resolve_directory(path_or_id):
@@ -41,6 +48,105 @@ def _resolve_directory(path_or_id):
         ) from e
 
 
+def _numbers(value, count=None):
+    return (
+        isinstance(value, (list, tuple))
+        and (count is None or len(value) == count)
+        and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool)
+            for v in value
+        )
+    )
+
+
+def read_preprocessor_config(path):
+    """Read and check a transformers ``preprocessor_config.json``.
+
+    Args:
+        path: str. The file.
+
+    Returns:
+        dict: the file's content (a ``SegformerImageProcessor`` config),
+        with ``size`` as ``{"height", "width"}`` (or absent).
+
+    Raises:
+        CheckpointError: not a JSON object, or a field of the wrong type,
+            named with the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"Corrupt {path!r}: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path!r} holds a JSON {type(config).__name__}; expected an "
+            "object (SegformerImageProcessor fields)."
+        )
+    config = dict(config)
+    for name in ("image_mean", "image_std"):
+        value = config.get(name)
+        if value is not None and not _numbers(value, 3):
+            raise CheckpointError(
+                f"{path!r}: field {name!r} must be 3 numbers. "
+                f"Received: {value!r}"
+            )
+    if config.get("image_std") and min(config["image_std"]) <= 0:
+        raise CheckpointError(
+            f"{path!r}: 'image_std' must be positive. "
+            f"Received: {config['image_std']!r}"
+        )
+    factor = config.get("rescale_factor")
+    if factor is not None and not _numbers([factor]):
+        raise CheckpointError(
+            f"{path!r}: field 'rescale_factor' must be a number. "
+            f"Received: {factor!r}"
+        )
+    size = config.get("size")
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        size = {"height": int(size), "width": int(size)}
+    if size is not None:
+        ok = isinstance(size, dict) and all(
+            isinstance(size.get(k), numbers.Integral) and size.get(k) > 0
+            for k in ("height", "width")
+        )
+        if not ok:
+            raise CheckpointError(
+                f"{path!r}: field 'size' must be {{'height': int, 'width': "
+                f"int}} (positive). Received: {size!r}"
+            )
+        config["size"] = {"height": size["height"], "width": size["width"]}
+    return config
+
+
+def attach_preprocessing(model, config, source):
+    """Keep a processor config on the model (``model.preprocessor_config``).
+
+    A model that normalizes inside itself (``include_preprocessing=True``)
+    must normalize as the file says: other values are refused.
+    """
+    backbone = getattr(model, "backbone", model)
+    if getattr(backbone, "include_preprocessing", False):
+        layer = backbone.get_layer("preprocessing")
+        want = {
+            "image_mean": list(layer.mean),
+            "image_std": list(layer.std),
+            "rescale_factor": layer.scale,
+        }
+        for name, value in want.items():
+            if config.get(name) is None:
+                continue
+            if not np.allclose(config[name], value, rtol=1e-6, atol=0):
+                raise ValueError(
+                    f"{source!r} normalizes with {name}={config[name]}, "
+                    "but include_preprocessing=True normalizes with "
+                    f"{value}. Load without include_preprocessing and "
+                    "normalize with model.preprocessor_config."
+                )
+    model.preprocessor_config = config
+    return model
+
+
 def _config_task(config):
     """The task a transformers config's ``architectures`` names, or None."""
     for arch in config.get("architectures") or []:
@@ -67,7 +173,12 @@ def from_pretrained(
     Reads ``config.json`` and ``model.safetensors`` (or
     ``pytorch_model.bin``, read with ``weights_only=True``) from a directory
     written by ``save_pretrained``, or a Hub model id when online, and
-    loads it with ``load_checkpoint(directory, format="hf", ...)``.
+    loads it with ``load_checkpoint(directory, format="hf", ...)``. A
+    ``preprocessor_config.json`` beside them is kept as
+    ``model.preprocessor_config`` (normalization and size). A keras-hub
+    preset folder (SegFormer or MiT backbone, ``config.json`` naming
+    ``keras_hub>...``) is read with ``keras_hub.load_preset``: the model
+    gets keras-hub's numerics (tanh GELU, block LayerNorm epsilon 1e-6).
 
     Args:
         path_or_id: str. Local directory or Hub id
@@ -94,6 +205,17 @@ def from_pretrained(
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"No config.json in {directory!r}.")
+    from keras_segformer.convert import keras_hub
+
+    if keras_hub.is_preset(directory):
+        return keras_hub.load_preset(
+            directory,
+            task=task,
+            num_classes=num_classes,
+            id2label=id2label,
+            backbone_only=backbone_only,
+            **kwargs,
+        )
     # Read first: a corrupt config is named before the weights are read.
     config = hf.read_config(config_path)
     if backbone_only:
@@ -103,7 +225,11 @@ def from_pretrained(
             num_classes = head_kwargs["num_classes"]
             if id2label is None:
                 id2label = head_kwargs["id2label"]
-    return load_checkpoint(
+    preprocessor_path = os.path.join(directory, PREPROCESSOR_FILE)
+    preprocessor = None
+    if os.path.isfile(preprocessor_path):
+        preprocessor = read_preprocessor_config(preprocessor_path)
+    model = load_checkpoint(
         directory,
         format="hf",
         task=task,
@@ -112,3 +238,6 @@ def from_pretrained(
         backbone_only=backbone_only,
         **kwargs,
     )
+    if preprocessor is not None:
+        attach_preprocessing(model, preprocessor, preprocessor_path)
+    return model

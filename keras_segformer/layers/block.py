@@ -23,6 +23,11 @@ class MiTBlock(DirectCall, keras.layers.Layer):
         dropout: float. Dropout on the attention output and in the Mix-FFN.
         attention_dropout: float. Dropout on attention probabilities.
         layer_norm_epsilon: float. Epsilon of every LayerNorm in the block.
+        block_norm_epsilon: float or None. Epsilon of the two pre-norms
+            (``norm1``, ``norm2``) where it differs from the
+            spatial-reduction norm's (NVlabs and keras-hub: 1e-6); None:
+            ``layer_norm_epsilon``.
+        approximate_gelu: bool. tanh GELU in the Mix-FFN (``MixFFN``).
     """
 
     def __init__(
@@ -35,6 +40,8 @@ class MiTBlock(DirectCall, keras.layers.Layer):
         dropout=0.0,
         attention_dropout=0.0,
         layer_norm_epsilon=1e-5,
+        block_norm_epsilon=None,
+        approximate_gelu=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -46,10 +53,15 @@ class MiTBlock(DirectCall, keras.layers.Layer):
         self.dropout_rate = dropout
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.block_norm_epsilon = block_norm_epsilon
+        self.approximate_gelu = bool(approximate_gelu)
         policy = self.dtype_policy
-        self.norm1 = LayerNorm(
-            epsilon=layer_norm_epsilon, dtype=policy, name="norm1"
+        norm_epsilon = (
+            layer_norm_epsilon
+            if block_norm_epsilon is None
+            else block_norm_epsilon
         )
+        self.norm1 = LayerNorm(epsilon=norm_epsilon, dtype=policy, name="norm1")
         self.attention = EfficientSelfAttention(
             hidden_size,
             num_heads,
@@ -60,13 +72,12 @@ class MiTBlock(DirectCall, keras.layers.Layer):
             name="attention",
         )
         self.attention_output_dropout = Dropout(dropout, dtype=policy)
-        self.norm2 = LayerNorm(
-            epsilon=layer_norm_epsilon, dtype=policy, name="norm2"
-        )
+        self.norm2 = LayerNorm(epsilon=norm_epsilon, dtype=policy, name="norm2")
         self.mlp = MixFFN(
             hidden_size,
             int(hidden_size * mlp_ratio),
             dropout=dropout,
+            approximate_gelu=approximate_gelu,
             dtype=policy,
             name="mlp",
         )
@@ -94,7 +105,11 @@ class MiTBlock(DirectCall, keras.layers.Layer):
 
     def get_config(self):
         # The attention's arguments (passed through) and the block's own.
-        names = EfficientSelfAttention.CONFIG_NAMES + ("mlp_ratio",)
+        names = EfficientSelfAttention.CONFIG_NAMES + (
+            "mlp_ratio",
+            "block_norm_epsilon",
+            "approximate_gelu",
+        )
         config = attribute_config(
             self, names, drop_path="drop_path_rate", dropout="dropout_rate"
         )

@@ -20,13 +20,24 @@ class MixFFN(DirectCall, keras.layers.Layer):
         intermediate_size: int. Channels of the expanded middle.
         dropout: float. Dropout after the activation and after the output
             projection (transformers' ``hidden_dropout_prob``).
+        approximate_gelu: bool. The tanh approximation of GELU
+            (transformers' ``hidden_act="gelu_new"``, keras-hub's MiT)
+            instead of the exact erf GELU of the reference.
     """
 
-    def __init__(self, hidden_size, intermediate_size, dropout=0.0, **kwargs):
+    def __init__(
+        self,
+        hidden_size,
+        intermediate_size,
+        dropout=0.0,
+        approximate_gelu=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
         self.dropout_rate = dropout
+        self.approximate_gelu = bool(approximate_gelu)
         self.dense1 = keras.layers.Dense(
             intermediate_size,
             kernel_initializer=kernel_init(),
@@ -56,8 +67,11 @@ class MixFFN(DirectCall, keras.layers.Layer):
 
     def call(self, x, training=None):
         x = nn.depthwise_conv2d(self.dwconv, nn.dense(self.dense1, x))
-        # Exact (erf) GELU, as in the reference; not the tanh approximation.
-        x = nn.gelu(x)
+        if self.approximate_gelu:
+            x = keras.ops.gelu(x, approximate=True)
+        else:
+            # Exact (erf) GELU, as in the reference.
+            x = nn.gelu(x)
         x = drop(self.dropout, x, training)
         x = nn.dense(self.dense2, x)
         return drop(self.dropout, x, training)
@@ -66,6 +80,6 @@ class MixFFN(DirectCall, keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        names = ("hidden_size", "intermediate_size")
+        names = ("hidden_size", "intermediate_size", "approximate_gelu")
         config = attribute_config(self, names, dropout="dropout_rate")
         return {**super().get_config(), **config}

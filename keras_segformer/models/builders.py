@@ -72,6 +72,8 @@ def _split_backbone_kwargs(kwargs):
         "input_shape",
         "include_preprocessing",
         "dtype",
+        "block_norm_epsilon",
+        "approximate_gelu",
     }
     backbone = {k: kwargs.pop(k) for k in list(kwargs) if k in keys}
     if "hidden_dropout" in backbone:

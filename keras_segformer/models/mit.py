@@ -15,6 +15,7 @@ from keras_segformer.layers import (
 )
 from keras_segformer.layers.input_check import check_image_shape
 from keras_segformer.layers.layer_norm import LayerNorm
+from keras_segformer.models.hub_io import HubIO
 from keras_segformer.ops.layer_call import DirectGraph
 
 
@@ -24,11 +25,12 @@ def _serialize_dtype(dtype):
     return keras.dtype_policies.serialize(dtype)
 
 
-def _stages(x, cfg, *, drop_path_rate, layer_norm_epsilon, dtype, **dropouts):
+def _stages(x, cfg, *, drop_path_rate, layer_norm_epsilon, dtype, **block):
     """The stages on ``x``: patch embedding, blocks, LayerNorm each.
 
-    Returns the list of the stages' feature maps. ``dropouts`` are the
-    blocks' ``dropout`` and ``attention_dropout``; block ``i`` of ``n``
+    Returns the list of the stages' feature maps. ``block`` holds the
+    blocks' own options (``dropout``, ``attention_dropout``,
+    ``block_norm_epsilon``, ``approximate_gelu``); block ``i`` of ``n``
     drops its path with ``drop_path_rate * i / (n - 1)``.
     """
     total = sum(cfg["depths"])
@@ -54,7 +56,7 @@ def _stages(x, cfg, *, drop_path_rate, layer_norm_epsilon, dtype, **dropouts):
                 layer_norm_epsilon=layer_norm_epsilon,
                 dtype=dtype,
                 name=f"stage{s + 1}_block{b + 1}",
-                **dropouts,
+                **block,
             )(x)
             block_index += 1
         x = LayerNorm(
@@ -65,7 +67,7 @@ def _stages(x, cfg, *, drop_path_rate, layer_norm_epsilon, dtype, **dropouts):
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
-class MiTBackbone(DirectGraph, keras.Model):
+class MiTBackbone(HubIO, DirectGraph, keras.Model):
     """Hierarchical Mix Transformer encoder.
 
     Takes channels-last images and returns the four stage feature maps
@@ -91,6 +93,11 @@ class MiTBackbone(DirectGraph, keras.Model):
         attention_dropout: float. Dropout on attention probabilities.
         layer_norm_epsilon: float. Epsilon of every LayerNorm (transformers
             uses 1e-5).
+        block_norm_epsilon: float or None. Epsilon of the blocks' two
+            pre-norms where it differs (NVlabs and keras-hub: 1e-6); None:
+            ``layer_norm_epsilon``.
+        approximate_gelu: bool. tanh GELU in the Mix-FFNs (keras-hub's
+            MiT, transformers' ``hidden_act="gelu_new"``); default exact.
         input_shape: tuple. ``(height, width, channels)``; ``None`` for any
             size.
         include_preprocessing: bool. Normalize 0-255 input inside the model.
@@ -118,6 +125,8 @@ class MiTBackbone(DirectGraph, keras.Model):
         include_preprocessing=False,
         dtype=None,
         name="mit",
+        block_norm_epsilon=None,
+        approximate_gelu=False,
         **kwargs,
     ):
         cfg = validate_backbone_config(
@@ -137,6 +146,20 @@ class MiTBackbone(DirectGraph, keras.Model):
             input_shape,
             include_preprocessing,
         )
+        if block_norm_epsilon is not None and (
+            isinstance(block_norm_epsilon, bool)
+            or not isinstance(block_norm_epsilon, (int, float))
+            or not block_norm_epsilon > 0
+        ):
+            raise ValueError(
+                "`block_norm_epsilon` must be a positive float or None. "
+                f"Received: {block_norm_epsilon!r}"
+            )
+        if not isinstance(approximate_gelu, bool):
+            raise TypeError(
+                "`approximate_gelu` must be True or False. Received: "
+                f"{approximate_gelu!r}"
+            )
         min_size = min_input_size(
             cfg["patch_sizes"], cfg["strides"], cfg["sr_ratios"]
         )
@@ -152,6 +175,8 @@ class MiTBackbone(DirectGraph, keras.Model):
             attention_dropout=attention_dropout,
             drop_path_rate=drop_path_rate,
             layer_norm_epsilon=layer_norm_epsilon,
+            block_norm_epsilon=block_norm_epsilon,
+            approximate_gelu=approximate_gelu,
             dtype=dtype,
         )
         super().__init__(inputs=inputs, outputs=features, name=name, **kwargs)
@@ -167,6 +192,8 @@ class MiTBackbone(DirectGraph, keras.Model):
         self.dropout = dropout
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.block_norm_epsilon = block_norm_epsilon
+        self.approximate_gelu = approximate_gelu
         self.image_shape = input_shape
         self.include_preprocessing = include_preprocessing
         self.min_input_size = min_size
@@ -219,6 +246,8 @@ class MiTBackbone(DirectGraph, keras.Model):
             "dropout": self.dropout,
             "attention_dropout": self.attention_dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
+            "block_norm_epsilon": self.block_norm_epsilon,
+            "approximate_gelu": self.approximate_gelu,
             "input_shape": list(self.image_shape),
             "include_preprocessing": self.include_preprocessing,
             "dtype": _serialize_dtype(self.layer_dtype),

@@ -11,6 +11,7 @@ from keras_segformer.errors import data_errors
 from keras_segformer.layers import MMSegSegFormerHead, SegFormerHead
 from keras_segformer.layers.init import kernel_init
 from keras_segformer.layers.input_check import ImageInputChecks
+from keras_segformer.models.hub_io import HubIO
 from keras_segformer.models.mit import MiTBackbone
 from keras_segformer.ops import default_jit_compile
 from keras_segformer.ops.layer_call import DirectGraph
@@ -82,7 +83,7 @@ def _is_auto(value):
     return isinstance(value, str) and value == "auto"
 
 
-class _TaskModel(ImageInputChecks, DirectGraph, keras.Model):
+class _TaskModel(HubIO, ImageInputChecks, DirectGraph, keras.Model):
     """Shared plumbing of the task models: labels, compile defaults and
     (de)serialization."""
 
