@@ -180,6 +180,9 @@ def hdf5_in_memory(path=None):
     Python's ``write``: a full disk is an ``OSError`` like any other. The
     cost: the file's size in memory while it is written.
     """
+    if path is not None and not os.fspath(path).endswith((".h5", ".hdf5")):
+        yield  # not an HDF5 file: nothing to intercept
+        return
     try:
         import h5py
     except ImportError:

@@ -16,6 +16,11 @@ import tensorflow as tf
 
 from keras_segformer.export.formats import ONNX_OPSET, model_normalizes
 from keras_segformer.inference.processing import normalize_image
+from keras_segformer.io_atomic import (
+    write_atomic,
+    write_bytes,
+    written_in_place,
+)
 from keras_segformer.layers.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 SIGNATURE = "serving_default"
@@ -113,7 +118,8 @@ def write_saved_model(fn, path):
         path: str. Output directory.
     """
     holder, concrete = _holder(fn)
-    tf.saved_model.save(holder, path, signatures={SIGNATURE: concrete})
+    with written_in_place(path) as temp:  # a link at `path` is replaced
+        tf.saved_model.save(holder, temp, signatures={SIGNATURE: concrete})
 
 
 def _representative_dataset(images, input_dtype, normalize):
@@ -170,8 +176,7 @@ def write_tflite(
     elif quantization is not None:
         raise ValueError(f"Unknown quantization {quantization!r}.")
     flatbuffer = converter.convert()
-    with open(path, "wb") as f:
-        f.write(flatbuffer)
+    write_bytes(path, flatbuffer)  # atomic; a link there is replaced
 
 
 def _erfc_handler(ctx, node, name, args):
@@ -226,7 +231,7 @@ def write_onnx(fn, path, opset=ONNX_OPSET):
             del os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS]
         else:
             os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS] = catch_errors
-    onnx.save(model_proto, os.fspath(path))
+    write_atomic(path, lambda temp: onnx.save(model_proto, temp))
 
 
 def export_job(model, job, cache=None):
