@@ -280,11 +280,19 @@ def test_16bit_mask_keeps_its_ids(tmp_path):
 def test_mask_ids_above_255_are_an_error(tmp_path):
     Image.fromarray(np.full((32, 32), 300, np.uint16)).save(tmp_path / "m.png")
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "i.png")
+    with pytest.raises(Exception, match=r"m\.png.*\[300\]"):
+        make_dataset(
+            [tmp_path / "i.png"],
+            [tmp_path / "m.png"],
+            batch_size=1,
+            training=False,
+        )
     ds = make_dataset(
         [tmp_path / "i.png"],
         [tmp_path / "m.png"],
         batch_size=1,
         training=False,
+        validate=False,
     )
     with pytest.raises(Exception, match=r"m\.png.*\[300\]"):
         next(iter(ds))

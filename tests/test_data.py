@@ -402,8 +402,15 @@ def test_error_label_out_of_range_names_file(tmp_path):
     raises_naming(
         mask, data.make_dataset, [image], [mask], validate=True, **kwargs
     )
-    # 255 is always allowed.
+    # 255 is always allowed (a set needs one labelled pixel).
     save(mask, np.full((4, 4), 255, np.uint8))
+    iterate([image], [mask], validate=False, **kwargs)
+    save(
+        mask,
+        np.pad(
+            np.zeros((1, 1), np.uint8), ((0, 3), (0, 3)), constant_values=255
+        ),
+    )
     iterate([image], [mask], **kwargs)
 
 
@@ -593,11 +600,12 @@ def test_data_error_from_iteration_is_the_plain_message(tmp_path):
     from keras_segformer.errors import DataError, data_errors
 
     images, masks = _bad_label_files(tmp_path)
-    ds = data.make_dataset(
-        images, masks, batch_size=1, training=False, num_classes=5
-    )
+    # validate=False: the error met while iterating (the up-front check
+    # would find it first).
+    kwargs = dict(batch_size=1, training=False, num_classes=5, validate=False)
+    ds = data.make_dataset(images, masks, **kwargs)
     with pytest.raises(Exception) as wrapped:
-        iterate(images, masks, batch_size=1, training=False, num_classes=5)
+        iterate(images, masks, **kwargs)
     assert "Traceback" in str(wrapped.value)  # what TensorFlow gives alone
     with pytest.raises(DataError) as info:
         with data_errors():
@@ -621,6 +629,7 @@ def test_data_error_from_model_fit_and_trainer(tmp_path):
         base_size=None,
         num_classes=5,
         repeat=True,
+        validate=False,  # met while iterating
     )
     model = tiny_segformer(num_classes=5)
     model.compile(optimizer="adam", loss=SegFormerLoss())
@@ -640,7 +649,12 @@ def test_data_error_from_model_fit_and_trainer(tmp_path):
         )
     _one_line_naming(info.value, masks[0])
     eval_ds = data.make_dataset(
-        images, masks, batch_size=1, training=False, num_classes=5
+        images,
+        masks,
+        batch_size=1,
+        training=False,
+        num_classes=5,
+        validate=False,
     )
     with pytest.raises(DataError) as info:
         trainer.evaluate(model, eval_ds, verbose=False)

@@ -9,14 +9,22 @@ decode errors do not).
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from keras_segformer import decode
 from keras_segformer.decode import IMAGE_EXTENSIONS
+from keras_segformer.errors import DataError
 
 IGNORE_INDEX = 255
+
+# Sets of this many pairs or more show a progress bar while they are
+# checked (``validate_pairs``).
+PROGRESS_MIN_FILES = 500
+_EXIF_ORIENTATION = 0x0112
 
 # Lossy formats would invent ids at region borders, so masks are lossless.
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
@@ -178,25 +186,141 @@ def load_pair(image_path, mask_path, label_transform):
     return image, label
 
 
-def validate_pairs(images, masks, label_transform):
-    """Check every pair up front: readable, same size, valid mask, ids.
+def validate_pairs(images, masks, label_transform, *, progress=None):
+    """Check every pair before any work is spent on it.
 
-    Image headers only are read; masks are decoded fully (their ids are
-    checked against ``label_transform.num_classes``).
+    Read per pair: the image header (size, mode; the pixels are not
+    decoded) and the mask's pixel values (masks are small single-channel
+    files). Checked: each file is readable, the image mode can be made
+    RGB, the mask is single-channel or palette, image and mask have the
+    same upright size, and every id (after ``label_transform``'s
+    remapping) is below its ``num_classes`` or 255. Over the whole set: at
+    least one pixel is labelled (not 255), else nothing would be learned
+    or scored; masks that hold only 0 and 255 get a warning (255 is the
+    ignore index, so their foreground would be ignored).
 
     Args:
         images: list of str. Image files.
         masks: list of str. Mask files, paired by position.
         label_transform: ``LabelTransform``.
+        progress: bool or None. Show a progress bar; None: for sets of
+            ``PROGRESS_MIN_FILES`` pairs or more.
+
+    Raises:
+        DataError: a file that fails a check (the message names it), or a
+            set without any labelled pixel.
+
+    Example:
+    >>> validate_pairs(["a.jpg"], ["a.png"], LabelTransform(num_classes=3))
     """
-    for image_path, mask_path in zip(images, masks):
-        height, width, _ = image_size(image_path, "image")
-        label = label_transform(read_mask(mask_path), mask_path)
-        if (height, width) != label.shape:
-            raise ValueError(
+    if progress is None:
+        progress = len(images) >= PROGRESS_MIN_FILES
+    bar = None
+    if progress:
+        import keras
+
+        print(f"checking {len(images)} image/mask pairs")
+        bar = keras.utils.Progbar(len(images), unit_name="pair")
+    raw_values = set()
+    labelled = 0
+    for i, (image_path, mask_path) in enumerate(zip(images, masks)):
+        try:
+            height, width = _image_header(image_path)
+            size, values, counts = _mask_values(mask_path)
+            mapped = label_transform(values, mask_path)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        if (height, width) != size:
+            raise DataError(
                 f"Image file {image_path} is {height}x{width} (HxW) but its "
-                f"mask {mask_path} is {label.shape[0]}x{label.shape[1]}."
+                f"mask {mask_path} is {size[0]}x{size[1]}."
             )
+        raw_values.update(values.tolist())
+        labelled += int(counts[mapped != IGNORE_INDEX].sum())
+        if bar is not None and (i % 50 == 49 or i == len(images) - 1):
+            bar.update(i + 1)
+    if not labelled:
+        options = (
+            f"reduce_labels={label_transform.reduce_labels}, label_map="
+            f"{'set' if label_transform.label_map else None}"
+        )
+        raise DataError(
+            f"Every pixel of the {len(masks)} masks (e.g. {masks[0]}) is "
+            f"{IGNORE_INDEX} after {options}: "
+            f"{IGNORE_INDEX} is the ignore index, so there is nothing to "
+            "learn or score."
+        )
+    mapped_255 = label_transform.label_map and IGNORE_INDEX in (
+        label_transform.label_map
+    )
+    if raw_values == {0, IGNORE_INDEX} and not mapped_255:
+        warnings.warn(
+            f"The {len(masks)} masks (e.g. {masks[0]}) hold only 0 and "
+            f"{IGNORE_INDEX}, and {IGNORE_INDEX} is the ignore index: their "
+            f"{IGNORE_INDEX} pixels are not learned or scored. If "
+            f"{IGNORE_INDEX} marks a class (0/{IGNORE_INDEX} binary masks), "
+            "save the masks divided by 255 (ids 0 and 1) or pass "
+            "label_map={0: 0, 255: 1}.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _orientation(image):
+    """The EXIF orientation tag of an open file, without decoding it (PIL
+    decodes a PNG to look for an eXIf chunk after the pixels: such a late
+    chunk is not seen here, ``load_pair`` still checks the sizes)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return None
+    return image.getexif().get(_EXIF_ORIENTATION)
+
+
+def _image_header(path):
+    """``(height, width)`` of an image file as decoded (upright), from its
+    header; modes no decoder path can make RGB are refused."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            mode = image.mode
+            if _orientation(image) in (5, 6, 7, 8):
+                width, height = height, width
+    except Exception as error:
+        raise ValueError(f"Could not read image file {path}: {error}") from None
+    if mode == "F":
+        raise ValueError(
+            f"Image file {path} is a floating-point (mode F) image: convert "
+            "it to 8 or 16 bits first."
+        )
+    return height, width
+
+
+def _mask_values(path):
+    """``((height, width), values, counts)`` of a mask file: its upright
+    size and the ids it holds with their pixel counts."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            width, height = image.size
+            if image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
+                width, height = height, width
+            if mode in ("L", "P"):
+                # A C loop over the pixels: no array of them is made.
+                counts = np.asarray(image.histogram()[:256], np.int64)
+                values = np.flatnonzero(counts)
+                counts = counts[values]
+            elif mode in decode.MASK_MODES:
+                pixels = np.asarray(image)
+                values, counts = np.unique(pixels, return_counts=True)
+            else:
+                decode.pil_to_mask(image, f"Mask file {path}")  # refused
+    except ValueError as error:
+        if str(path) in str(error):
+            raise
+        raise ValueError(f"Could not read mask file {path}: {error}") from None
+    except Exception as error:
+        raise ValueError(f"Could not read mask file {path}: {error}") from None
+    return (height, width), values.astype(np.int64), counts
 
 
 def _scan(directory, extensions):

@@ -16,14 +16,17 @@ images of different sizes in one batch are padded to the largest (image
 
 Files are decoded with PIL in parallel (``num_parallel_calls=AUTOTUNE``)
 and batches are prefetched. Masks are single-channel class-id images or
-palette PNGs (indices are the ids). Errors (unreadable file, image and
-mask sizes differing, a multi-channel non-palette mask, ids
-``>= num_classes``) name the offending file; they are raised while
-iterating, or up front with ``validate=True`` (every image header read,
-every mask decoded). While iterating, TensorFlow wraps them in its own
-error (with a traceback); run ``fit``, ``evaluate`` or the loop inside
-``keras_segformer.errors.data_errors()`` to get the plain ``DataError``
-(a ``ValueError``) back. ``training.trainer`` and the command line do so.
+palette PNGs (indices are the ids). Every pair is checked up front, before
+any work is spent on it (``validate=True``, the default; see
+``loading.validate_pairs``: image headers and mask pixels read, a
+progress bar on large sets): an unreadable file, image and mask sizes
+differing, a multi-channel non-palette mask or ids ``>= num_classes`` is a
+``DataError`` (a ``ValueError``) naming the file; so is a set without any
+labelled pixel; 0/255 masks get a warning. What only decoding finds (an
+image truncated after its header) is raised while iterating: TensorFlow
+wraps it in its own error (with a traceback); run ``fit``, ``evaluate`` or
+the loop inside ``keras_segformer.errors.data_errors()`` to get the plain
+``DataError`` back. ``training.trainer`` and the command line do so.
 
 Example:
 >>> files = keras_segformer.data.ade20k("ADEChallengeData2016", "train")
@@ -213,7 +216,7 @@ def make_dataset(
     eval_size=None,
     photometric=True,
     flip_prob=0.5,
-    validate=False,
+    validate=True,
     drop_remainder=False,
 ):
     """Build a batched ``tf.data`` pipeline of ``(image, label)`` pairs.
@@ -251,7 +254,9 @@ def make_dataset(
         seed: int or None. Reproducible shuffling and augmentation.
         repeat: bool. Repeat forever (then pass ``steps_per_epoch``).
         eval_size: None, int (short side) or ``(height, width)``.
-        validate: bool. Check every file up front.
+        validate: bool. Check every pair up front (``DataError`` naming
+            the file; ``loading.validate_pairs``). False leaves the checks
+            to the iteration.
         drop_remainder: bool. Drop the last incomplete batch.
 
     Returns:
