@@ -203,6 +203,21 @@ BACKEND_INDEPENDENT = {
     "test_export.py": {"test_calibration_images_sources"},
     # Every step in a fresh process with its own backend (all three).
     "test_journey.py": {"test_train_then_predict_and_export_on_other_backends"},
+    # Data checks (PIL), the train command stopped before any model is
+    # built, a callback fed logs, the stderr filter (TensorFlow only).
+    "test_data_checks.py": {
+        "test_bad_validation_mask_is_refused_before_training",
+        "test_sizes_modes_and_unreadable_files_are_named",
+        "test_image_pixels_are_not_decoded_by_the_check",
+        "test_exif_rotated_image_is_checked_upright",
+        "test_masks_without_a_labelled_pixel_are_an_error",
+        "test_binary_0_255_masks_warn_with_the_fix",
+        "test_large_sets_show_a_progress_bar",
+        "test_an_epoch_without_labelled_pixels_is_an_error",
+        "test_train_exits_with_the_divergence_status",
+        "test_log_filter_drops_only_data_error_records",
+        "test_data_error_records_of_tensorflow_are_dropped",
+    },
     # Argument and file errors raised before any model is built; a
     # `convert` stopped by its config file in a fresh process.
     "test_cli_errors.py": {

@@ -153,6 +153,7 @@ def run(args):
 
     import keras_segformer
     from keras_segformer.cli.common import output_folder
+    from keras_segformer.cli.tf_logs import data_error_logs_dropped
     from keras_segformer.training import trainer
 
     start = time.time()
@@ -171,19 +172,20 @@ def run(args):
         args.num_classes, args.variant, id2label=dict(enumerate(names))
     )
     total = args.epochs * args.steps
-    trainer.fit(
-        model,
-        train_ds,
-        out_dir=os.path.join(out, "train"),
-        epochs=args.epochs,
-        steps_per_epoch=args.steps,
-        learning_rate=args.lr,
-        warmup_steps=max(1, total // 10),
-        overwrite=args.overwrite,
-        settings=settings,
-    )
-    train_time = time.time() - start
-    scores = trainer.evaluate(model, val_ds, class_names=names)
+    with data_error_logs_dropped():  # a data error's one line, not TF's
+        trainer.fit(
+            model,
+            train_ds,
+            out_dir=os.path.join(out, "train"),
+            epochs=args.epochs,
+            steps_per_epoch=args.steps,
+            learning_rate=args.lr,
+            warmup_steps=max(1, total // 10),
+            overwrite=args.overwrite,
+            settings=settings,
+        )
+        train_time = time.time() - start
+        scores = trainer.evaluate(model, val_ds, class_names=names)
     print(scores["report"])
     shown = val.images[: args.overlays]
     overlay_dir = _write_overlays(args, model, shown, names)

@@ -253,6 +253,7 @@ def _settings(args, steps):
 
 def _train(args, replicas=None):
     from keras_segformer.cli.common import read_class_names
+    from keras_segformer.cli.tf_logs import data_error_logs_dropped
     from keras_segformer.data.loading import resolve_pairs
     from keras_segformer.training import trainer
 
@@ -280,18 +281,19 @@ def _train(args, replicas=None):
         resume = status.source is not None
     train_ds, val_ds = _datasets(args, (images, masks), replicas)
     model = _init_model(args, id2label, resume=resume)
-    trainer.fit(
-        model,
-        train_ds,
-        out_dir=args.out,
-        epochs=args.epochs,
-        steps_per_epoch=steps,
-        validation_data=val_ds,
-        learning_rate=args.lr,
-        warmup_steps=min(args.warmup_steps, args.epochs * steps // 2),
-        overwrite=args.overwrite,
-        settings=settings,
-    )
+    with data_error_logs_dropped():  # the error's one line, not TF's logs
+        trainer.fit(
+            model,
+            train_ds,
+            out_dir=args.out,
+            epochs=args.epochs,
+            steps_per_epoch=steps,
+            validation_data=val_ds,
+            learning_rate=args.lr,
+            warmup_steps=min(args.warmup_steps, args.epochs * steps // 2),
+            overwrite=args.overwrite,
+            settings=settings,
+        )
     if replicas is None or replicas.cluster.chief:
         print(f"saved {os.path.join(args.out, trainer.FINAL_MODEL)}")
     return 0

@@ -15,6 +15,12 @@ optimizer state). Every file but TensorBoard's event streams is written
 under a temporary name and renamed into place; leftover temporaries of a
 killed run are removed on the next start.
 
+Training that diverges stops at once: the first NaN or infinite loss (or
+weights or validation loss at an epoch end) raises ``NonFiniteError``
+naming the epoch, step, learning rate and last good checkpoint, before
+anything of that epoch is saved; ``model.keras`` is never written with
+non-finite weights (``nonfinite.StopOnNonFinite``).
+
 Started again with the same ``out_dir``:
 
 - after a kill, training resumes from the backup: the weights, the
@@ -73,6 +79,11 @@ from keras_segformer.training.metrics import (
     MeanAccuracy,
     MeanIoU,
     PixelAccuracy,
+)
+from keras_segformer.training.nonfinite import (
+    NonFiniteError,
+    StopOnNonFinite,
+    nonfinite_weights,
 )
 from keras_segformer.training.optimizer import (
     compile_for_training,
@@ -328,9 +339,20 @@ def _train(model, run, train_data, validation_data, callbacks, optimizer_kw):
             steps_per_epoch=run.steps_per_epoch,
             validation_data=validation_data,
             verbose=run.verbose,
-            callbacks=[*_run_callbacks(run.write_dir, run.out_dir), *callbacks],
+            callbacks=[
+                _stop_on_nonfinite(run.write_dir),  # before any save
+                *_run_callbacks(run.write_dir, run.out_dir),
+                *callbacks,
+            ],
         )
-    write_atomic(os.path.join(run.write_dir, FINAL_MODEL), model.save)
+    final = os.path.join(run.write_dir, FINAL_MODEL)
+    bad = nonfinite_weights(model)  # e.g. from a callback of the caller's
+    if bad:
+        raise NonFiniteError(
+            f"Training ended with NaN or infinite weights ({bad[0]} ...): "
+            f"{final} not written."
+        )
+    write_atomic(final, model.save)
     return history
 
 
@@ -412,6 +434,16 @@ def _run_callbacks(out_dir, run_dir):
         ),
         *_tensorboard(out_dir),
     ]
+
+
+def _stop_on_nonfinite(out_dir):
+    """``StopOnNonFinite`` naming the run's last good files."""
+    final = os.path.join(out_dir, FINAL_MODEL)
+    if os.path.exists(final):
+        kept = f"{final} is unchanged"
+    else:
+        kept = f"{final} is not written"
+    return StopOnNonFinite(os.path.join(out_dir, CHECKPOINTS), kept=kept)
 
 
 def _silent(*args, **kwargs):
