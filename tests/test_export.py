@@ -49,9 +49,9 @@ SIZES = [(61, 83), (97, 131)]
 NUM_CLASSES = 4
 ATOL = 1e-4
 FLOAT_FORMATS = {
-    "saved_model": "float_saved_model",
+    "tf_saved_model": "float_saved_model",
     "onnx": "float.onnx",
-    "tflite": "float.tflite",
+    "litert": "float.tflite",
 }
 # Share of pixels where the quantized TFLite model's argmax equals the
 # Keras model's, on a briefly trained model (see `_train_tiny`); the
@@ -135,7 +135,7 @@ def exported(tmp_path_factory):
     specs.append(
         {
             "path": out / "int8.tflite",
-            "format": "tflite",
+            "format": "litert",
             "quantization": "int8",
             "representative_images": calibration,
         }
@@ -153,6 +153,7 @@ def _tensorflow_only_specs(out):
             "include_postprocessing": True,
         },
         {
+            # The older spelling of "litert" still works (an alias).
             "path": out / "prepost.tflite",
             "format": "tflite",
             "include_preprocessing": True,
@@ -161,7 +162,7 @@ def _tensorflow_only_specs(out):
         },
         {
             "path": out / "float16.tflite",
-            "format": "tflite",
+            "format": "litert",
             "quantization": "float16",
         },
     ]
@@ -278,13 +279,13 @@ def test_cli_export_of_transformers_directory(hf_dir, tmp_path, capsys):
             "--model",
             str(hf_dir),
             "--format",
-            "saved_model",
+            "saved_model",  # the alias of tf_saved_model
             "--out",
             str(out),
         ]
     )
     assert rc == 0, capsys.readouterr().err
-    assert "Exported saved_model" in capsys.readouterr().out
+    assert "Exported tf_saved_model" in capsys.readouterr().out
     model = load_model(hf_dir)
     run = ExportedModel(out)
     # One size: dynamic sizes are checked above; each new shape costs a
@@ -309,7 +310,7 @@ def test_unknown_format(small_model, tmp_path):
 
 
 def test_quantization_needs_tflite(small_model, tmp_path):
-    with pytest.raises(ValueError, match="only available for the tflite"):
+    with pytest.raises(ValueError, match="only available for the litert"):
         export_model(
             small_model, tmp_path / "m.onnx", "onnx", quantization="int8"
         )
@@ -485,6 +486,8 @@ def keras_exported(tmp_path_factory):
     with contextlib.redirect_stdout(io.StringIO()) as text:
         model.backbone.export(paths["backbone"], format="onnx")
     printed["backbone"] = text.getvalue()
+    paths["backbone_saved_model"] = str(out / "backbone_saved_model")
+    model.backbone.export(paths["backbone_saved_model"], verbose=False)
     return model, classifier, paths, printed
 
 
@@ -511,9 +514,15 @@ def test_keras_export_matches_predict(keras_exported, fmt):
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
         if fmt == "tf_saved_model":
-            # Keras' way to call a reloaded artifact: `.serve(x)`.
-            served = run._loaded.serve(x)["logits"].numpy()
+            # Keras' way to call a reloaded artifact: `.serve(x)` returns
+            # the tensor; the signature keeps the named output.
+            import tensorflow as tf
+
+            loaded = tf.saved_model.load(paths[fmt])
+            served = loaded.serve(x).numpy()
             np.testing.assert_allclose(served, expected, atol=ATOL, rtol=0)
+            signature = loaded.signatures["serving_default"]
+            assert list(signature(images=x)) == ["logits"]
 
 
 @tensorflow_only
@@ -541,6 +550,16 @@ def test_keras_export_backbone_features(keras_exported):
         assert got[name].shape == features.shape
         np.testing.assert_allclose(got[name], features, atol=ATOL, rtol=0)
     assert "stage4_norm (None, None, None, 32) float32" in printed["backbone"]
+    # As Keras: the SavedModel's serve returns the model's list of outputs;
+    # its signature names them.
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(paths["backbone_saved_model"])
+    served = loaded.serve(x)
+    assert isinstance(served, list) and len(served) == 4
+    for got_features, features in zip(served, expected):
+        np.testing.assert_allclose(got_features, features, atol=ATOL, rtol=0)
+    assert sorted(loaded.signatures["serving_default"](images=x)) == names
 
 
 def test_keras_export_prints_like_keras(keras_exported):
@@ -579,7 +598,7 @@ def test_keras_export_arguments_map_to_export_model(small_model):
     )
     assert options == {
         "path": "m.tflite",
-        "format": "tflite",
+        "format": "litert",
         "quantization": "float16",
         "include_preprocessing": True,
         "input_size": (64, 96),
@@ -589,12 +608,17 @@ def test_keras_export_arguments_map_to_export_model(small_model):
     options = export_options(small_model, "m", "tf_saved_model", [dynamic])
     assert options == {
         "path": "m",
-        "format": "saved_model",
+        "format": "tf_saved_model",
         "input_size": None,
         "input_dtype": "float32",
     }
     options = export_options(small_model, "m.onnx", "onnx", opset_version=17)
     assert options == {"path": "m.onnx", "format": "onnx"}
+    # export_model's older spellings are aliases here too.
+    options = export_options(small_model, "m.tflite", "tflite")
+    assert options == {"path": "m.tflite", "format": "litert"}
+    options = export_options(small_model, "m", "saved_model")
+    assert options == {"path": "m", "format": "tf_saved_model"}
     # optimizations=[DEFAULT] with an explicit int8 quantization.
     options = export_options(
         small_model,
@@ -611,7 +635,7 @@ def test_keras_export_arguments_map_to_export_model(small_model):
     [
         ("openvino", "Unsupported export format 'openvino'"),
         ("torch", "Unsupported export format 'torch'"),
-        ("tflite", 'Did you mean "litert"'),
+        ("tflight", r"aliases \('saved_model', 'tflite'\)"),
     ],
 )
 def test_keras_export_unsupported_format(small_model, tmp_path, fmt, match):
@@ -675,3 +699,36 @@ def test_keras_export_bad_input_signature(small_model, tmp_path):
             input_dtype="float32",
         )
     assert not os.listdir(tmp_path)
+
+
+# ----------------------------------- ExportedModel: what an artifact takes
+
+
+@tensorflow_only
+def test_exported_model_says_what_it_takes(exported, keras_exported):
+    """Images an artifact cannot take: one line naming its fixed size,
+    the least size or the layout, not the runtime's "Node number ...
+    failed to prepare"."""
+    _, _, keras_paths, _ = keras_exported
+    _, paths = exported
+    fixed = ExportedModel(keras_paths["litert"])  # exported for 61x83
+    assert fixed.input_shape == (None, *SIZES[0], 3)
+    rng = np.random.default_rng(14)
+    assert fixed(_images(rng, SIZES[0], batch=3)).shape[0] == 3
+    with pytest.raises(ValueError, match=r"keras.tflite takes images") as e:
+        fixed(_images(rng, SIZES[1]))
+    assert "of 61x83 pixels (its fixed input size); received 97x131" in str(
+        e.value
+    )
+    dynamic = ExportedModel(paths["float.tflite"])
+    assert dynamic.input_shape == (None, None, None, 3)
+    with pytest.raises(ValueError, match=r"at least 29x29 pixels; received"):
+        dynamic(_images(rng, (16, 40)))
+    with pytest.raises(ValueError, match=r"array of shape \(61, 83, 3\)"):
+        dynamic(_images(rng, SIZES[0])[0])
+    with pytest.raises(ValueError, match="no images"):
+        dynamic(np.zeros((0, *SIZES[0], 3), "float32"))
+    saved = ExportedModel(paths["float_saved_model"])
+    assert saved.format == "tf_saved_model" and dynamic.format == "litert"
+    with pytest.raises(ValueError, match="at least 29x29 pixels"):
+        saved(_images(rng, (20, 64)))

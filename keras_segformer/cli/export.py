@@ -3,9 +3,16 @@
 Example:
     keras-segformer export --model segformer.keras --format onnx \\
         --out out/segformer.onnx
-    keras-segformer export --model hf-b0/ --format tflite \\
-        --out out/b0_int8.tflite --raw-input --argmax --input-size 512 512 \\
-        --quantize int8 --calibration val_images/
+    keras-segformer export --model hf-b0/ --format litert \\
+        --out out/b0_int8.tflite --include-preprocessing \\
+        --include-postprocessing --input-size 512 512 \\
+        --quantization int8 --representative-images val_images/
+
+Formats and flags have the names of ``export_model``'s arguments
+(``keras_segformer.export.formats``); the older spellings are aliases:
+``--format saved_model`` (= ``tf_saved_model``), ``--format tflite`` (=
+``litert``), ``--raw-input``, ``--argmax``, ``--quantize``,
+``--calibration``.
 
 Output (``--out``), here and in ``convert``:
 
@@ -29,7 +36,7 @@ Output (``--out``), here and in ``convert``:
 
 import os
 
-from keras_segformer.cli.common import add_model_arguments, image_size
+from keras_segformer.cli.common import add_model_arguments
 from keras_segformer.cli.outputs import (
     check_existing_out,
     check_not_input,
@@ -37,7 +44,13 @@ from keras_segformer.cli.outputs import (
     listing,
     written_in_place,
 )
-from keras_segformer.export.api import FORMATS, QUANTIZATIONS
+from keras_segformer.export.formats import (
+    FORMAT_ALIASES,
+    FORMATS,
+    OPTION_ALIASES,
+    QUANTIZATIONS,
+    canonical_format,
+)
 
 # What ``tf.saved_model.save`` writes in its folder: all that
 # --overwrite replaces there.
@@ -61,10 +74,10 @@ FOREIGN_EXTENSIONS = {
     ".pt": "a PyTorch checkpoint",
     ".safetensors": "a safetensors checkpoint",
 }
-FILE_EXTENSIONS = {"tflite": ".tflite", "onnx": ".onnx"}
+FILE_EXTENSIONS = {"litert": ".tflite", "onnx": ".onnx"}
 _KINDS = {
-    "saved_model": "a SavedModel export",
-    "tflite": "a TFLite file",
+    "tf_saved_model": "a SavedModel export",
+    "litert": "a TFLite file",
     "onnx": "an ONNX file",
 }
 _SAVED_MODEL_ONLY = (
@@ -85,18 +98,28 @@ def add_parser(subparsers):
         description=(
             "Export a model for inference. The artifact takes images "
             "(batch, height, width, 3) and returns logits at 1/4 "
-            "resolution, or with --argmax a class-index mask at the input "
-            "size. Height and width stay dynamic unless --input-size fixes "
-            "them. Written from a TensorFlow graph on every Keras backend, "
-            "under a temporary name renamed to --out once complete."
+            "resolution, or with --include-postprocessing a class-index "
+            "mask at the input size. Height and width stay dynamic unless "
+            "--input-size fixes them. Written from a TensorFlow graph on "
+            "every Keras backend, under a temporary name renamed to --out "
+            "once complete. Needs TensorFlow (and tf2onnx, onnx for ONNX): "
+            "pip install 'keras-segformer[export]'."
         ),
     )
     add_model_arguments(parser)
-    parser.add_argument("--format", required=True, choices=FORMATS)
+    aliases = ", ".join(f"{a} = {c}" for a, c in FORMAT_ALIASES.items())
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS + tuple(FORMAT_ALIASES),
+        metavar="{" + ",".join(FORMATS) + "}",
+        help="what to write: tf_saved_model (a SavedModel folder), litert "
+        f"(a .tflite file) or onnx (an .onnx file); aliases: {aliases}",
+    )
     parser.add_argument(
         "--out",
         required=True,
-        help="output folder (saved_model) or file (.tflite, .onnx); must "
+        help="output folder (tf_saved_model) or file (.tflite, .onnx); must "
         "not exist yet (an empty folder is fine) unless --overwrite",
     )
     parser.add_argument(
@@ -108,35 +131,44 @@ def add_parser(subparsers):
         "run, other files)",
     )
     parser.add_argument(
-        "--raw-input",
+        "--include-preprocessing",
+        *OPTION_ALIASES["include_preprocessing"],
+        dest="include_preprocessing",
         action="store_true",
         help="take raw uint8 RGB pixels (0-255) and normalize them in the "
-        "graph",
+        "graph (alias: --raw-input)",
     )
     parser.add_argument(
-        "--argmax",
+        "--include-postprocessing",
+        *OPTION_ALIASES["include_postprocessing"],
+        dest="include_postprocessing",
         action="store_true",
         help="resize the logits to the input size in the graph and return "
-        "the int32 class mask",
+        "the int32 class mask (alias: --argmax)",
     )
     parser.add_argument(
         "--input-size",
         nargs=2,
-        type=image_size,
+        type=int,
         metavar=("H", "W"),
         help="fix the input height and width (e.g. for TFLite on mobile "
         "delegates); dynamic by default",
     )
     parser.add_argument(
-        "--quantize",
+        "--quantization",
+        *OPTION_ALIASES["quantization"],
+        dest="quantization",
         choices=QUANTIZATIONS,
-        help="TFLite only: float16 weights, or int8 weights and activations",
+        help="litert only: float16 weights, or int8 weights and "
+        "activations (alias: --quantize)",
     )
     parser.add_argument(
-        "--calibration",
+        "--representative-images",
+        *OPTION_ALIASES["representative_images"],
+        dest="representative_images",
         metavar="DIR",
         help="int8 calibration images (a folder); default: built-in "
-        "synthetic images",
+        "synthetic images (alias: --calibration)",
     )
     parser.set_defaults(func=run)
     return parser
@@ -160,7 +192,7 @@ def _what_is_there(format):
                 return None
             return f"is a folder holding {listing(names)}"
         head = _head(path)
-        if format == "tflite" and head[4:8] == b"TFL3":
+        if format == "litert" and head[4:8] == b"TFL3":
             return None
         if (
             format == "onnx"
@@ -181,13 +213,15 @@ def check_out(out, format, model, overwrite=False):
 
     Args:
         out: str. ``--out``.
-        format: str. ``--format``.
+        format: str. ``--format`` (an alias too; messages name it as
+            given).
         model: str. ``--model``.
         overwrite: bool. ``--overwrite``.
 
     Returns:
         bool. Whether an earlier export in ``out`` is to be replaced.
     """
+    given, format = format, canonical_format(format)
     name = os.path.basename(os.path.normpath(out)).lower()
     ext = ".h5" if name.endswith(".h5") else os.path.splitext(name)[1]
     own = FILE_EXTENSIONS.get(format)
@@ -199,19 +233,18 @@ def check_out(out, format, model, overwrite=False):
         )
         raise ValueError(
             f"--out {out} ends in {ext} ({FOREIGN_EXTENSIONS[ext]}), but "
-            f"--format {format} writes {writes}: rename --out or change "
+            f"--format {given} writes {writes}: rename --out or change "
             "--format."
         )
     check_not_input(out, model, "--model")
-    if format == "saved_model":
+    if format == "tf_saved_model":
         if os.path.lexists(out) and not os.path.isdir(out):
             raise ValueError(
-                f"--out {out} is a file; --format saved_model writes a "
-                "directory."
+                f"--out {out} is a file; --format {given} writes a directory."
             )
     elif os.path.isdir(out):
         raise ValueError(
-            f"--out {out} is a directory; --format {format} writes one "
+            f"--out {out} is a directory; --format {given} writes one "
             f"file (e.g. {os.path.join(out, 'model' + own)})."
         )
     return check_existing_out(
@@ -219,7 +252,7 @@ def check_out(out, format, model, overwrite=False):
         overwrite,
         _KINDS[format],
         _what_is_there(format),
-        only=_SAVED_MODEL_ONLY if format == "saved_model" else None,
+        only=_SAVED_MODEL_ONLY if format == "tf_saved_model" else None,
     )
 
 
@@ -232,22 +265,26 @@ def run(args):
     from keras_segformer.cli.common import load_any_model
     from keras_segformer.export import export_model
 
-    if args.calibration is not None and args.quantize != "int8":
-        raise ValueError("--calibration is only used with --quantize int8.")
+    if args.representative_images is not None and args.quantization != "int8":
+        raise ValueError(
+            "--representative-images (--calibration) is only used with "
+            "--quantization int8."
+        )
     check_out(args.out, args.format, args.model, args.overwrite)
     model = load_any_model(
         args.model, variant=args.variant, num_classes=args.num_classes
     )
+    format = canonical_format(args.format)
     with written_in_place(args.out) as temp:
         export_model(
             model,
             temp,
-            args.format,
-            include_preprocessing=args.raw_input,
-            include_postprocessing=args.argmax,
+            format,
+            include_preprocessing=args.include_preprocessing,
+            include_postprocessing=args.include_postprocessing,
             input_size=args.input_size,
-            quantization=args.quantize,
-            representative_images=args.calibration,
+            quantization=args.quantization,
+            representative_images=args.representative_images,
         )
-    print(f"Exported {args.format} to {os.path.abspath(args.out)}")
+    print(f"Exported {format} to {os.path.abspath(args.out)}")
     return 0

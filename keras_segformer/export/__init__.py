@@ -1,4 +1,9 @@
-"""Export SegFormer models to SavedModel, TFLite and ONNX.
+"""Export SegFormer models to SavedModel, TFLite (LiteRT) and ONNX.
+
+Formats by Keras' names: ``"tf_saved_model"``, ``"litert"``, ``"onnx"``
+(``"saved_model"`` and ``"tflite"`` are aliases); the option names and
+their command-line aliases are listed in ``keras_segformer.export
+.formats``.
 
 Every format is written from one TensorFlow graph (``tf_export
 .serving_function``): the model called with ``training=False``, plus the
@@ -32,8 +37,11 @@ uint8 with ``include_preprocessing``), height and width dynamic unless
 ceil(H/4), ceil(W/4), classes)``) or ``mask`` (int32, ``(batch, H,
 W)``). The SavedModel has a ``serving_default`` signature, the TFLite file
 the same signature (``interpreter.get_signature_runner()``), the ONNX
-graph (opset 17) the same input and output names with dynamic axes.
-``ExportedModel`` runs any of them on numpy arrays.
+graph (opset 17) the same input and output names with dynamic axes. As
+with Keras' own export, the reloaded SavedModel's ``serve(x)`` returns the
+output tensor (a list for an ``MiTBackbone``'s four outputs).
+``ExportedModel`` runs any of them on numpy arrays, and checks the input
+against the size and batch the artifact was exported for.
 
 Why not Keras' own ``model.export`` on JAX/PyTorch (tried on this model
 with dynamic height and width, Keras 3.15): on JAX, ``"tf_saved_model"``
@@ -49,29 +57,40 @@ Example:
 >>> from keras_segformer.export import export_model, ExportedModel
 >>> export_model(model, "out/segformer.onnx", "onnx")
 >>> logits = ExportedModel("out/segformer.onnx")(images)
->>> export_model(model, "out/segformer_int8.tflite", "tflite",
+>>> export_model(model, "out/segformer_int8.tflite", "litert",
 ...              include_preprocessing=True, include_postprocessing=True,
 ...              input_size=(512, 512), quantization="int8",
 ...              representative_images="data/val_images")
 """
 
-from keras_segformer.export.api import (
-    FORMATS,
-    calibration_images,
-    export_many,
-    export_model,
-)
-from keras_segformer.export.keras_api import keras_export
-from keras_segformer.export.loading import load_model
-from keras_segformer.export.runtime import ExportedModel, artifact_format
+# Imported on first use, so that the command line (which reads
+# ``formats``) starts without Keras.
+_PUBLIC = {
+    "FORMATS": "formats",
+    "FORMAT_ALIASES": "formats",
+    "canonical_format": "formats",
+    "calibration_images": "api",
+    "export_many": "api",
+    "export_model": "api",
+    "keras_export": "keras_api",
+    "load_model": "loading",
+    "ExportedModel": "runtime",
+    "artifact_format": "runtime",
+}
 
-__all__ = [
-    "FORMATS",
-    "ExportedModel",
-    "artifact_format",
-    "calibration_images",
-    "export_many",
-    "export_model",
-    "keras_export",
-    "load_model",
-]
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -17,10 +17,11 @@ from keras_segformer.decode import IMAGE_EXTENSIONS
 
 # In their own module, which tf_export.py reads too; imported from here too.
 from keras_segformer.export.formats import (
-    FORMATS,
+    FORMATS,  # noqa: F401
     INPUT_DTYPES,
     ONNX_OPSET,  # noqa: F401
     QUANTIZATIONS,
+    canonical_format,
     model_normalizes,
 )
 from keras_segformer.inference.processing import (
@@ -106,7 +107,7 @@ def calibration_images(images=None, size=None):
 
 def _check_output_path(path, format):
     path = os.path.abspath(os.fspath(path))
-    if format == "saved_model":
+    if format == "tf_saved_model":
         if os.path.isfile(path):
             raise OSError(
                 f"Output path {path!r} is a file; a SavedModel is a directory."
@@ -155,7 +156,7 @@ def _check_model(model, include_postprocessing):
 def _prepare_job(
     model,
     path,
-    format="saved_model",
+    format="tf_saved_model",
     *,
     include_preprocessing=False,
     include_postprocessing=False,
@@ -164,20 +165,17 @@ def _prepare_job(
     representative_images=None,
     input_dtype=None,
 ):
-    if format not in FORMATS:
-        raise ValueError(
-            f"Unknown export format {format!r}. Expected one of {FORMATS}."
-        )
+    format = canonical_format(format)
     if quantization is not None:
         if quantization not in QUANTIZATIONS:
             raise ValueError(
                 f"Unknown quantization {quantization!r}. Expected None or "
                 f"one of {QUANTIZATIONS}."
             )
-        if format != "tflite":
+        if format != "litert":
             raise ValueError(
                 f"Quantization ({quantization!r}) is only available for the "
-                f"tflite format. Received format={format!r}."
+                f"litert (TFLite) format. Received format={format!r}."
             )
     if representative_images is not None and quantization != "int8":
         raise ValueError(
@@ -228,9 +226,11 @@ def _prepare_job(
 def _tensorflow_worker(model, jobs):
     """Run the jobs with Keras on TensorFlow in a child process."""
     if importlib.util.find_spec("tensorflow") is None:
-        raise ImportError(
-            "Exporting needs TensorFlow (pip install tensorflow): every "
-            "export format is written from a TensorFlow graph."
+        raise ModuleNotFoundError(
+            "Exporting needs TensorFlow (pip install "
+            "'keras-segformer[export]'): every export format is written "
+            "from a TensorFlow graph.",
+            name="tensorflow",
         )
     with tempfile.TemporaryDirectory(prefix="keras_segformer_export_") as tmp:
         model_path = os.path.join(tmp, "model.keras")
@@ -286,7 +286,7 @@ def export_many(model, exports):
     Example:
     >>> export_many(model, [
     ...     {"path": "out/model.onnx", "format": "onnx"},
-    ...     {"path": "out/model.tflite", "format": "tflite",
+    ...     {"path": "out/model.tflite", "format": "litert",
     ...      "quantization": "float16"},
     ... ])
     """
@@ -306,7 +306,7 @@ def export_many(model, exports):
 def export_model(
     model,
     path,
-    format="saved_model",
+    format="tf_saved_model",
     *,
     include_preprocessing=False,
     include_postprocessing=False,
@@ -329,9 +329,11 @@ def export_model(
 
     Args:
         model: ``keras.Model``, e.g. a ``SegFormer``.
-        path: str or path-like. Output directory (``saved_model``) or file
-            (``.tflite``, ``.onnx``); parent directories are created.
-        format: str. ``"saved_model"``, ``"tflite"`` or ``"onnx"``.
+        path: str or path-like. Output directory (``tf_saved_model``) or
+            file (``.tflite``, ``.onnx``); parent directories are created.
+        format: str. ``"tf_saved_model"`` (SavedModel), ``"litert"``
+            (TFLite) or ``"onnx"``; ``"saved_model"`` and ``"tflite"`` are
+            aliases.
         include_preprocessing: bool. The artifact takes raw 0-255 RGB
             pixels (``uint8`` unless ``input_dtype="float32"``) and
             normalizes them with the ImageNet mean and std in the graph.
@@ -354,7 +356,7 @@ def export_model(
 
     Example:
     >>> export_model(model, "out/segformer.onnx", "onnx")
-    >>> export_model(model, "out/segformer.tflite", "tflite",
+    >>> export_model(model, "out/segformer.tflite", "litert",
     ...              include_preprocessing=True,
     ...              include_postprocessing=True, input_size=(512, 512),
     ...              quantization="int8", representative_images="val/")

@@ -1,10 +1,36 @@
 """What an export can be: the formats, their options and the ONNX opset.
 
-Shared by ``api.py`` (the checks, on every backend) and ``tf_export.py``
-(the TensorFlow writers), so that neither imports the other's module.
+Shared by ``api.py`` (the checks, on every backend), ``tf_export.py``
+(the TensorFlow writers) and the command line, so that neither imports
+the other's module; imports nothing (the command line reads it before
+Keras is imported).
+
+One word for each format and option, Keras' own where Keras has one, in
+``export_model``, ``model.export`` and the command line; the older
+spellings still work as aliases:
+
+| canonical (Python / CLI) | alias |
+|---|---|
+| format ``"tf_saved_model"`` | ``"saved_model"`` |
+| format ``"litert"`` | ``"tflite"`` |
+| ``include_preprocessing`` / ``--include-preprocessing`` | ``--raw-input`` |
+| ``include_postprocessing`` / ``--include-postprocessing`` | ``--argmax`` |
+| ``quantization`` / ``--quantization`` | ``--quantize`` |
+| ``representative_images`` / ``--representative-images`` | ``--calibration`` |
 """
 
-FORMATS = ("saved_model", "tflite", "onnx")
+# Keras' names (``model.export(format=...)``).
+FORMATS = ("tf_saved_model", "litert", "onnx")
+# Older spellings -> the canonical name.
+FORMAT_ALIASES = {"saved_model": "tf_saved_model", "tflite": "litert"}
+# Option -> its command-line aliases (the flag is the option's name with
+# dashes: --include-preprocessing ...).
+OPTION_ALIASES = {
+    "include_preprocessing": ("--raw-input",),
+    "include_postprocessing": ("--argmax",),
+    "quantization": ("--quantize",),
+    "representative_images": ("--calibration",),
+}
 QUANTIZATIONS = ("float16", "int8")
 INPUT_DTYPES = ("float32", "uint8")
 # The opset every ONNX artifact is written with.
@@ -23,3 +49,30 @@ def model_normalizes(model):
     """
     backbone = getattr(model, "backbone", None)
     return bool(getattr(backbone, "include_preprocessing", False))
+
+
+def canonical_format(format):
+    """The canonical name of an export format (an alias is translated).
+
+    Args:
+        format: str. ``"tf_saved_model"``, ``"litert"``, ``"onnx"``, or an
+            alias (``"saved_model"``, ``"tflite"``).
+
+    Returns:
+        str. One of ``FORMATS``.
+
+    Raises:
+        ValueError: an unknown format, naming the accepted ones.
+
+    Example:
+    >>> canonical_format("tflite")
+    'litert'
+    """
+    name = FORMAT_ALIASES.get(format, format)
+    if name not in FORMATS:
+        aliases = ", ".join(f"{a!r}" for a in FORMAT_ALIASES)
+        raise ValueError(
+            f"Unknown export format {format!r}. Expected one of {FORMATS} "
+            f"(aliases: {aliases})."
+        )
+    return name

@@ -5,30 +5,28 @@ Keras' own ``Model.export`` traces the model with the running backend
 (jax2tf, torch.export, TorchScript), which fails on SegFormer's dynamic
 height and width under JAX and PyTorch; under TensorFlow its ONNX file is
 rejected by onnxruntime (Keras 3.15). ``keras_export`` takes Keras'
-arguments, maps them onto ``export_model`` and writes the same artifacts
-from every backend: ``"tf_saved_model"`` -> ``"saved_model"``,
-``"litert"`` -> ``"tflite"``, ``"onnx"`` -> ``"onnx"``. ``"openvino"`` and
-``"torch"`` are refused. Unlike Keras' artifacts, the input and outputs
-are named (``images``; ``logits`` or ``mask``; an ``MiTBackbone``'s
-``stage1_norm`` ... ``stage4_norm``): the SavedModel's ``serve`` and
-``serving_default`` return a dict.
+arguments, passes them to ``export_model`` and writes the same artifacts
+from every backend: ``"tf_saved_model"``, ``"litert"``, ``"onnx"`` (the
+same names as ``export_model``'s; ``"saved_model"`` and ``"tflite"`` are
+aliases). ``"openvino"`` and ``"torch"`` are refused. As with Keras, the
+reloaded SavedModel's ``serve(x)`` returns the output tensor (a list for
+a model with several outputs); the ``serving_default`` signature, the
+TFLite signature and the ONNX graph name the input and outputs
+(``images``; ``logits`` or ``mask``; an ``MiTBackbone``'s
+``stage1_norm`` ... ``stage4_norm``).
 """
 
 import os
 
-from keras_segformer.export.api import (
+from keras_segformer.export.api import export_model
+from keras_segformer.export.formats import (
+    FORMAT_ALIASES,
     FORMATS,
     INPUT_DTYPES,
     ONNX_OPSET,
-    export_model,
+    canonical_format,
 )
 
-# Keras' format name -> export_model's.
-KERAS_FORMATS = {
-    "tf_saved_model": "saved_model",
-    "litert": "tflite",
-    "onnx": "onnx",
-}
 # export_model's options, also accepted by ``model.export``.
 EXTRA_OPTIONS = (
     "include_preprocessing",
@@ -175,15 +173,14 @@ def export_options(model, filepath, format, input_signature=None, **kwargs):
     Returns:
         dict with ``path``, ``format`` and the options of ``export_model``.
     """
-    if format not in KERAS_FORMATS:
-        hint = {"tflite": "litert", "saved_model": "tf_saved_model"}
-        extra = f' Did you mean "{hint[format]}"?' if format in hint else ""
+    if format not in FORMATS and format not in FORMAT_ALIASES:
         raise ValueError(
             f"Unsupported export format {format!r} for {model.name}: "
-            f"model.export writes {tuple(KERAS_FORMATS)} on every backend."
-            f"{extra} Other formats (openvino, torch) are not available; "
-            "see also " + _ALTERNATIVE + "."
+            f"model.export writes {FORMATS} on every backend (aliases "
+            f"{tuple(FORMAT_ALIASES)}). Other formats (openvino, torch) are "
+            "not available; see also " + _ALTERNATIVE + "."
         )
+    format = canonical_format(format)
     options = {k: kwargs.pop(k) for k in EXTRA_OPTIONS if k in kwargs}
     if format == "litert":
         if not os.fspath(filepath).endswith(".tflite"):
@@ -235,7 +232,7 @@ def export_options(model, filepath, format, input_signature=None, **kwargs):
         options["input_size"] = input_size
         if dtype is not None:
             options["input_dtype"] = dtype
-    return {"path": filepath, "format": KERAS_FORMATS[format], **options}
+    return {"path": filepath, "format": format, **options}
 
 
 def _outputs(options, model):
@@ -279,8 +276,10 @@ def keras_export(
     The artifact takes ``images`` ``(batch, height, width, 3)`` and returns
     ``logits`` (or ``mask`` with ``include_postprocessing``); height and
     width are dynamic unless ``input_signature`` fixes them, the batch is
-    always dynamic. The SavedModel's ``serve`` and the TFLite and ONNX
-    signatures return ``{"logits": ...}``.
+    always dynamic. As with Keras, the reloaded SavedModel's ``serve(x)``
+    returns the tensor (a list for several outputs); its
+    ``serving_default`` signature and the TFLite and ONNX signatures return
+    the named outputs (``{"logits": ...}``).
 
     Args:
         model: ``keras.Model`` taking images: ``SegFormer``,
@@ -288,7 +287,8 @@ def keras_export(
             named after its output layers).
         filepath: str or path-like. A directory (``"tf_saved_model"``), a
             ``.tflite`` file (``"litert"``) or a file (``"onnx"``).
-        format: str. ``"tf_saved_model"``, ``"litert"`` or ``"onnx"``.
+        format: str. ``"tf_saved_model"``, ``"litert"`` or ``"onnx"``
+            (aliases: ``"saved_model"``, ``"tflite"``).
         verbose: bool or None. Print the saved path and signature (None:
             True, as Keras).
         input_signature: None, or one ``keras.InputSpec`` /

@@ -11,22 +11,34 @@ import warnings
 
 import numpy as np
 
+from keras_segformer.configs import COMMON, min_input_size
+
+# The smallest image side any SegFormer takes (the variants share the
+# patch embeddings and reduction ratios).
+MIN_IMAGE_SIZE = min_input_size(
+    COMMON["patch_sizes"], COMMON["strides"], COMMON["sr_ratios"]
+)
+
 
 def artifact_format(path):
-    """``"saved_model"``, ``"tflite"`` or ``"onnx"``, from the path.
+    """``"tf_saved_model"``, ``"litert"`` or ``"onnx"``, from the path.
 
     Args:
         path: str or path-like. An exported artifact.
+
+    Returns:
+        str. The format's canonical name (``keras_segformer.export
+        .formats``).
     """
     path = os.fspath(path)
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "saved_model.pb")):
-            return "saved_model"
+            return "tf_saved_model"
         raise ValueError(f"{path!r} is a directory but not a SavedModel.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Exported model not found: {path!r}")
     if path.endswith(".tflite"):
-        return "tflite"
+        return "litert"
     if path.endswith(".onnx"):
         return "onnx"
     raise ValueError(
@@ -47,6 +59,14 @@ def _tflite_interpreter(path):
         return Interpreter(model_path=path)
 
 
+def _dims(shape):
+    """A shape with None for every dynamic dimension (-1, None, a name)."""
+    return tuple(
+        int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None
+        for d in shape
+    )
+
+
 class ExportedModel:
     """An exported artifact as a numpy function ``images -> output``.
 
@@ -54,8 +74,18 @@ class ExportedModel:
         path: str or path-like. SavedModel directory, ``.tflite`` or
             ``.onnx`` file written by ``export_model``.
 
+    Raises (when called):
+        ValueError: the images do not fit the artifact: not ``(batch,
+            height, width, channels)``, another height and width than the
+            fixed size it was exported for, another batch size than a
+            fixed one, or smaller than the network takes; one line naming
+            what the artifact takes (instead of the runtime's own error).
+
     Attributes:
-        format: str. The artifact's format.
+        format: str. The artifact's format (``"tf_saved_model"``,
+            ``"litert"`` or ``"onnx"``).
+        input_shape: tuple. ``(batch, height, width, channels)`` the
+            artifact takes, None where any size goes.
         output_names: list of str. ``["logits"]``, ``["mask"]``, or one
             name per output of a model with several (an ``MiTBackbone``).
         output_name: str or None. The only output's name (None when
@@ -70,20 +100,27 @@ class ExportedModel:
     def __init__(self, path):
         self.path = os.fspath(path)
         self.format = artifact_format(self.path)
-        if self.format == "saved_model":
+        if self.format == "tf_saved_model":
             import tensorflow as tf
 
             self._loaded = tf.saved_model.load(self.path)
             fn = self._loaded.signatures["serving_default"]
             spec = fn.structured_input_signature[1]["images"]
             self.input_dtype = np.dtype(spec.dtype.as_numpy_dtype)
+            self.input_shape = _dims(
+                -1 if d is None else d for d in spec.shape.as_list()
+            )
             self.output_names = sorted(fn.structured_outputs)
             self._fn = fn
-        elif self.format == "tflite":
+        elif self.format == "litert":
             interpreter = _tflite_interpreter(self.path)
             runner = interpreter.get_signature_runner()
             (detail,) = runner.get_input_details().values()
             self.input_dtype = np.dtype(detail["dtype"])
+            signature = detail.get("shape_signature")
+            if signature is None or not len(signature):
+                signature = detail["shape"]
+            self.input_shape = _dims(signature)
             self.output_names = sorted(runner.get_output_details())
             self._interpreter = interpreter
             self._fn = runner
@@ -98,6 +135,7 @@ class ExportedModel:
                 {"tensor(uint8)": "uint8", "tensor(float)": "float32"}[inp.type]
             )
             self._input_name = inp.name
+            self.input_shape = _dims(inp.shape)
             self.output_names = [o.name for o in session.get_outputs()]
             self._fn = session
         names = self.output_names
@@ -114,11 +152,13 @@ class ExportedModel:
             numpy array: logits or mask; a dict name -> array when the
             artifact has several outputs.
         """
-        x = np.ascontiguousarray(np.asarray(images).astype(self.input_dtype))
-        if self.format == "saved_model":
+        x = np.asarray(images)
+        self._check(x.shape)
+        x = np.ascontiguousarray(x.astype(self.input_dtype))
+        if self.format == "tf_saved_model":
             out = self._fn(images=x)
             out = {k: v.numpy() for k, v in out.items()}
-        elif self.format == "tflite":
+        elif self.format == "litert":
             out = self._fn(images=x)
         else:
             values = self._fn.run(None, {self._input_name: x})
@@ -126,3 +166,38 @@ class ExportedModel:
         if self.output_name is not None:
             return out[self.output_name]
         return {name: out[name] for name in self.output_names}
+
+    def _check(self, shape):
+        """Refuse images the artifact cannot take, in one line naming what
+        it takes (the runtimes answer with their internals)."""
+        batch, height, width, channels = self.input_shape
+        takes = (
+            f"{os.path.basename(os.path.normpath(self.path))} takes images "
+            f"(batch, height, width, {channels}) of "
+            + (
+                f"{height}x{width} pixels (its fixed input size)"
+                if height is not None
+                else f"at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels"
+            )
+            + ("" if batch is None else f", {batch} at a time")
+        )
+        if len(shape) != 4 or (channels is not None and shape[3] != channels):
+            raise ValueError(f"{takes}; received an array of shape {shape}.")
+        if shape[0] == 0:
+            raise ValueError(f"{takes}; received no images (batch 0).")
+        if batch is not None and shape[0] != batch:
+            raise ValueError(
+                f"{takes}: it was exported for batch {batch}; received "
+                f"{shape[0]} images (run them {batch} at a time)."
+            )
+        size = tuple(shape[1:3])
+        if height is not None and size != (height, width):
+            raise ValueError(
+                f"{takes}; received {size[0]}x{size[1]}. Resize the images, "
+                "or export without a fixed input size (input_size=None)."
+            )
+        if min(size) < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"{takes}; received {size[0]}x{size[1]} (too small for the "
+                "network)."
+            )

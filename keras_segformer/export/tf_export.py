@@ -95,7 +95,12 @@ def serving_function(
             mask = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return {"mask": mask}
 
-    return tf.function(serve, input_signature=[spec], autograph=False)
+    function = tf.function(serve, input_signature=[spec], autograph=False)
+    # The model's output order, for a ``serve`` that returns a list
+    # (nest orders a dict's entries by name).
+    several = isinstance(model.output, (list, tuple))
+    function.output_order = list(model.output_names) if several else None
+    return function
 
 
 def _holder(fn):
@@ -110,14 +115,35 @@ def _holder(fn):
     return holder, concrete
 
 
+def _unnamed(fn):
+    """``fn`` returning what the model returns (Keras' ``serve``): the
+    tensor of a one-output graph, else the list of its outputs in the
+    model's order, instead of the dict of named outputs."""
+
+    def serve(images):
+        outputs = fn(images)
+        if len(outputs) == 1:
+            (output,) = outputs.values()
+            return output
+        return [outputs[name] for name in fn.output_order]
+
+    return tf.function(
+        serve, input_signature=fn.input_signature, autograph=False
+    )
+
+
 def write_saved_model(fn, path):
-    """Write a SavedModel with ``fn`` as its ``serving_default`` signature.
+    """Write a SavedModel as Keras' ``model.export`` does: ``serve``
+    returns the output tensor (a list for several outputs), and the
+    ``serving_default`` signature keeps the named outputs (``logits`` or
+    ``mask``; an ``MiTBackbone``'s ``stage1_norm`` ...).
 
     Args:
         fn: ``tf.function`` from ``serving_function``.
         path: str. Output directory.
     """
     holder, concrete = _holder(fn)
+    holder.serve = _unnamed(fn)
     with written_in_place(path) as temp:  # a link at `path` is replaced
         tf.saved_model.save(holder, temp, signatures={SIGNATURE: concrete})
 
@@ -260,9 +286,9 @@ def export_job(model, job, cache=None):
     if key not in cache:
         cache[key] = serving_function(model, **options)
     fn = cache[key]
-    if job["format"] == "saved_model":
+    if job["format"] == "tf_saved_model":
         write_saved_model(fn, job["path"])
-    elif job["format"] == "tflite":
+    elif job["format"] == "litert":
         write_tflite(
             fn,
             job["path"],
