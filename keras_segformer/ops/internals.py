@@ -78,20 +78,35 @@ def off():
     return dict(_off)
 
 
-def check_update_hooks(optimizer_class):
-    """Raise ``TypeError`` unless ``optimizer_class`` has the Keras
-    internals that ``grouped_update`` overrides and calls, with the
-    signature it expects (its slots are checked when it is built).
+def check_update_hooks(optimizer_class, built=None):
+    """Whether ``optimizer_class`` has the Keras internals that
+    ``grouped_update`` overrides and calls, with the signatures it expects,
+    and ``built`` (an optimizer of that class, built) Adam's slots; where
+    not, the path is turned off.
 
     Args:
         optimizer_class: a ``keras.optimizers.Optimizer`` subclass.
+        built: an optimizer of that class after ``build``, or None.
+
+    Returns:
+        bool. Whether ``grouped_update`` is (still) on.
     """
     update = getattr(optimizer_class, "_backend_update_step", None)
     names = ["self", "grads", "trainable_variables", "learning_rate"]
-    if update is None or list(inspect.signature(update).parameters) != names:
-        raise TypeError(
-            "no Optimizer._backend_update_step(self, grads, "
-            "trainable_variables, learning_rate)"
-        )
-    if not callable(getattr(optimizer_class, "_get_variable_index", None)):
-        raise TypeError("no Optimizer._get_variable_index")
+    slots = ("_momentums", "_velocities")
+    if built is not None and built.amsgrad:
+        slots += ("_velocity_hats",)
+    try:
+        params = None if update is None else inspect.signature(update)
+        if params is None or list(params.parameters) != names:
+            raise TypeError(
+                "no Optimizer._backend_update_step(self, grads, "
+                "trainable_variables, learning_rate)"
+            )
+        if not callable(getattr(optimizer_class, "_get_variable_index", None)):
+            raise TypeError("no Optimizer._get_variable_index")
+        for slot in slots if built is not None else ():
+            getattr(built, slot)
+    except DIFFERENT as error:
+        turn_off("grouped_update", error)
+    return on("grouped_update")

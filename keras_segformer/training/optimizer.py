@@ -32,12 +32,8 @@ from keras_segformer.training.schedules import WarmupPolyDecay
 
 # Keras' TensorFlow optimizer (tf.distribute's merge call) has this method.
 _TF_DISTRIBUTE = hasattr(keras.optimizers.AdamW, "_distributed_tf_update_step")
-
 GROUPED_UPDATE = "grouped_update"
-try:
-    internals.check_update_hooks(keras.optimizers.AdamW)
-except TypeError as error:  # pragma: no cover (another Keras)
-    internals.turn_off(GROUPED_UPDATE, error)
+internals.check_update_hooks(keras.optimizers.AdamW)
 
 
 @keras.saving.register_keras_serializable(package="keras_segformer")
@@ -57,9 +53,8 @@ class GroupedAdamW(keras.optimizers.AdamW):
     ``sqrt(v_hat * (1 - beta_2 ** t))`` rather than ``sqrt(v_hat)``, a
     difference of order epsilon.
 
-    The grouped update reads Keras' internals (slots, update hooks); where
-    they differ, AdamW's own ``update_step`` runs each variable at its
-    group's rate: the same numbers (``keras_segformer.ops.internals``).
+    Where Keras' internals differ from what the grouped update reads, each
+    variable takes AdamW's own update at its group's rate (same numbers).
 
     ``stand_in`` (attribute, False): set on the optimizer a model's
     constructor compiles with, which then stands in for none when a
@@ -147,15 +142,16 @@ class GroupedAdamW(keras.optimizers.AdamW):
         if self.built:
             return
         super().build(var_list)
-        try:  # Adam's slots, which the grouped update reads
-            self._momentums, self._velocities  # noqa: B018
-            self._velocity_hats if self.amsgrad else None  # noqa: B018
-        except AttributeError as error:
-            internals.turn_off(GROUPED_UPDATE, error)
+        internals.check_update_hooks(type(self), built=self)
         groups = [self._group(v) for v in var_list]
         # Indexed like the optimizer's slots (`_get_variable_index`).
         self._multiplier_table = tuple(m for m, _ in groups)
         self._decay_table = tuple(d for _, d in groups)
+        # For AdamW's own update_step: a Keras variable (TF: its tf.Variable)
+        tf = keras.backend.backend() == "tensorflow"
+        self._groups_by_id = {
+            id(v.value if tf else v): g for v, g in zip(var_list, groups)
+        }
 
     def _group(self, variable):
         multiplier = next(
@@ -276,10 +272,8 @@ class GroupedAdamW(keras.optimizers.AdamW):
             self._update((index,), (gradient,), (variable,), learning_rate)
             return
         # AdamW's own step at the group's rate, after the decay (as Keras).
-        multiplier, decayed = self._group(variable)
-        lr = ops.cast(learning_rate, variable.dtype)
-        if multiplier != 1.0:
-            lr = lr * multiplier
+        multiplier, decayed = self._groups_by_id[id(variable)]
+        lr = ops.cast(learning_rate, variable.dtype) * multiplier
         if decayed and self.weight_decay:
             decay = ops.cast(self.weight_decay, variable.dtype) * lr
             variable.assign(variable - variable * decay)
