@@ -367,6 +367,14 @@ def load_checkpoint(
         ``SegFormer``, ``MiTClassifier`` or ``MiTBackbone``;
         ``model.load_report`` is a ``LoadReport``.
 
+    Raises:
+        ValueError: ``task`` is not one of ``TASKS``, or the options
+            contradict the checkpoint (e.g. another class count without
+            ``backbone_only=True``).
+        CheckpointError: an unreadable or unknown file, or a missing,
+            unexpected, mis-shaped or non-finite tensor; nothing is
+            assigned.
+
     Example:
     >>> model = load_checkpoint("mit_b0.pth", num_classes=19,
     ...                         backbone_only=True, labels="cityscapes")

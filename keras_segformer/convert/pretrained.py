@@ -198,6 +198,16 @@ def from_pretrained(
         ``SegFormer``, ``MiTClassifier`` or ``MiTBackbone`` with the weights.
         ``model.load_report`` (a ``LoadReport``) says what was loaded.
 
+    Raises:
+        FileNotFoundError: ``path_or_id`` is neither a directory nor a Hub
+            id, or its directory has no ``config.json``.
+        ValueError: ``path_or_id`` is a file (``load_checkpoint`` reads
+            weights files).
+        ImportError: a Hub id without ``huggingface_hub`` installed.
+        OSError: the Hub id could not be fetched (offline, unknown id).
+        CheckpointError: a missing, unexpected, mis-shaped or non-finite
+            tensor, or a malformed ``config.json``; nothing is assigned.
+
     Example:
     >>> model = keras_segformer.from_pretrained("out/hf-b0")
     """

@@ -52,6 +52,10 @@ def get_palette(spec):
     Returns:
         uint8 numpy array ``(num_classes, 3)``.
 
+    Raises:
+        ValueError: an unknown palette name, a palette not of shape
+            ``(num_classes, 3)``, or colours outside 0..255.
+
     Example:
     >>> get_palette("cityscapes")[0]  # road
     array([128,  64, 128], dtype=uint8)

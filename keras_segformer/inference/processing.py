@@ -245,6 +245,10 @@ def preprocess(
     Returns:
         float32 numpy array ``(batch, height, width, 3)``.
 
+    Raises:
+        ValueError: no images, or images of different sizes without a
+            fixed ``size`` (they cannot be stacked into one batch).
+
     Example:
     >>> pixels = preprocess(["a.jpg", "b.png"])  # (2, 512, 512, 3)
     >>> logits = model.predict(pixels)
@@ -447,6 +451,10 @@ def postprocess(logits, target_sizes=None):
 
     Returns:
         list of int32 numpy arrays ``(height, width)``.
+
+    Raises:
+        ValueError: ``logits`` not of rank 4, or ``target_sizes`` not
+            holding one size per image.
 
     Example:
     >>> masks = postprocess(model.predict(pixels), [(480, 640)])

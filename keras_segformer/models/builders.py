@@ -111,6 +111,12 @@ def build_segformer(
             ``attention_dropout``, ``layer_norm_epsilon``, ``input_shape``,
             ``include_preprocessing``, ``dtype``.
 
+    Raises:
+        TypeError: an argument the builder does not take.
+        ValueError: an unknown ``variant``, a missing
+            ``decoder_hidden_size`` without a variant, or a config field
+            out of range (named in the message).
+
     Example:
     >>> model = keras_segformer.build_segformer(
     ...     num_classes=3, depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 48, 64],

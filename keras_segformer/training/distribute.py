@@ -151,6 +151,12 @@ def distribution_scope(devices=None):
         ``Replicas``: ``devices``, ``num_replicas`` and the backend's
         ``strategy`` object.
 
+    Raises:
+        ValueError: more than one device on PyTorch (Keras has no
+            distribution API for it), a count outside ``[1, devices on
+            this host]``, or an empty list.
+        TypeError: ``devices`` neither None, an int nor a list.
+
     Example:
     >>> with distribution_scope() as replicas:
     ...     model = keras_segformer.SegFormerB0(num_classes=150)

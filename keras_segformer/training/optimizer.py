@@ -354,6 +354,10 @@ def create_optimizer(
     Returns:
         ``GroupedAdamW``.
 
+    Raises:
+        ValueError: ``total_steps`` <= 0, or ``warmup_steps`` outside
+            ``[0, total_steps]``.
+
     Example:
     >>> opt = create_optimizer(model, total_steps=160_000)
     >>> model.compile(optimizer=opt, loss=SegFormerLoss())
@@ -458,6 +462,10 @@ def compile_for_training(
 
     Returns:
         The compiled model.
+
+    Raises:
+        ValueError: ``warmup_steps`` given with an ``optimizer``, or
+            ``total_steps`` / ``warmup_steps`` out of range.
 
     Example:
     >>> model = keras_segformer.SegFormerB0(num_classes=150)
