@@ -56,6 +56,17 @@ def build_mit(
         **kwargs: other ``MiTBackbone`` arguments (``drop_path_rate``,
             ``dropout``, ``attention_dropout``, ``layer_norm_epsilon``,
             ``input_shape``, ``include_preprocessing``, ``dtype``, ``name``).
+
+    Returns:
+        ``MiTBackbone``: four stage maps at strides 4, 8, 16 and 32.
+
+    Raises:
+        ValueError: an unknown ``variant``, a field missing without a
+            variant, or a field out of range (named in the message).
+
+    Example:
+    >>> backbone = build_mit("b0", hidden_sizes=[16, 32, 80, 128])
+    >>> c1, c2, c3, c4 = backbone(np.zeros((1, 64, 96, 3), "float32"))
     """
     given = (depths, hidden_sizes, num_heads, sr_ratios, patch_sizes)
     given += (strides, mlp_ratios)
@@ -160,6 +171,18 @@ def build_classifier(
         variant: str or None. ``"b0"`` ... ``"b5"``.
         id2label: dict or None. Class names.
         **kwargs: backbone fields and options, as for ``build_segformer``.
+
+    Returns:
+        ``MiTClassifier``, compiled (sparse cross-entropy, accuracy,
+        AdamW).
+
+    Raises:
+        TypeError: an argument the builder does not take.
+        ValueError: an unknown ``variant`` or a field out of range.
+
+    Example:
+    >>> model = build_classifier(10, "b0")
+    >>> model(np.zeros((2, 64, 64, 3), "float32")).shape  # (2, 10)
     """
     backbone_kwargs = _split_backbone_kwargs(kwargs)
     if kwargs:
@@ -185,8 +208,14 @@ _OPTIONS_DOC = """
             (default 0.0).
         layer_norm_epsilon: float. Every LayerNorm's epsilon (1e-5).
         dtype: dtype policy, e.g. ``"mixed_bfloat16"``.
-        depths, hidden_sizes, num_heads, sr_ratios, patch_sizes, strides,
-            mlp_ratios: per-stage lists that replace the variant's."""
+        depths: list of ints. Blocks per stage (this field and the ones
+            below replace the variant's).
+        hidden_sizes: list of ints. Channels per stage.
+        num_heads: list of ints. Attention heads per stage.
+        sr_ratios: list of ints. Spatial-reduction ratios per stage.
+        patch_sizes: list of ints. Patch-embedding kernel sizes.
+        strides: list of ints. Patch-embedding strides.
+        mlp_ratios: list of ints. Mix-FFN expansion per stage."""
 
 _SEGFORMER_DOC = """SegFormer-{V}: semantic segmentation, MiT-{V} encoder.
 
