@@ -117,7 +117,8 @@ $(PART_TARGETS): test-%: setup
 	  $(filter %-1,$*),$(TEST_SPLIT),$(TEST_SPLIT:%=--ignore=%)))
 
 docs: $(VENV)/.docs-installed
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet \
+	NO_MKDOCS_2_WARNING=1 TF_CPP_MIN_LOG_LEVEL=2 $(VENV)/bin/mkdocs build \
+	  --strict --quiet \
 	  --site-dir site
 
 # The `docs` extra's requirements (read from pyproject.toml; the package
