@@ -372,3 +372,16 @@ def test_saved_model_with_non_finite_weights_is_refused(tmp_path):
         load_model(tmp_path / "m.keras")
     with pytest.raises(CheckpointError, match="NaN or infinite.*decode_head"):
         load_model(tmp_path / "m.weights.h5", variant="b0", num_classes=2)
+
+
+@pytest.mark.parametrize("entry", ["fit", "evaluate"])
+def test_float_labels_with_fractions_are_a_type_error(entry):
+    model = tiny_segformer(3)
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    y = np.zeros((2, 32, 32), np.float32)
+    y[0, 0, 0] = 0.5  # a probability, not a class index
+    with pytest.raises(TypeError, match="fractional part.*0.5"):
+        getattr(model, entry)(x, y, verbose=0)
+    from keras_segformer.models.segformer import _check_integer_labels
+
+    _check_integer_labels(np.round(y))  # whole floats are class indices

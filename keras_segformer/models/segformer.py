@@ -74,6 +74,24 @@ def _is_array(x):
     return isinstance(x, np.ndarray) or keras.ops.is_tensor(x)
 
 
+def _check_integer_labels(y):
+    """Refuse in-memory float labels with a fractional part: class indices
+    cast to int would be truncated silently (0.5 -> class 0)."""
+    if not _is_array(y):
+        return
+    if "float" not in keras.backend.standardize_dtype(y.dtype):
+        return
+    values = keras.ops.convert_to_numpy(y)
+    fractional = values != np.floor(values)  # NaN and inf included
+    if fractional.any():
+        raise TypeError(
+            "`y` holds float labels with a fractional part (e.g. "
+            f"{values[fractional].flat[0]!r}): labels are class indices "
+            "(0 .. num_classes - 1, 255 ignored). Pass integer ids, not "
+            "probabilities or masks resized with interpolation."
+        )
+
+
 def _is_tf_dataset(x):
     tf = sys.modules.get("tensorflow")  # a dataset has imported it
     return tf is not None and isinstance(x, tf.data.Dataset)
@@ -248,15 +266,18 @@ class _TaskModel(HubIO, ImageInputChecks, DirectGraph, keras.Model):
         file (TensorFlow would wrap that message in its own error). A
         ``tf.data.Dataset`` is not shuffled by Keras, which warned on every
         call that its default ``shuffle=True`` is ignored: the default is
-        False for one."""
+        False for one. In-memory float labels with a fractional part are a
+        ``TypeError`` (they are not class indices)."""
         x = args[0] if args else kwargs.get("x")
         if len(args) < 8 and "shuffle" not in kwargs and _is_tf_dataset(x):
             kwargs["shuffle"] = False
+        _check_integer_labels(args[1] if len(args) > 1 else kwargs.get("y"))
         with self._guarded():
             return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         """``keras.Model.evaluate``, with data errors as in ``fit``."""
+        _check_integer_labels(args[1] if len(args) > 1 else kwargs.get("y"))
         with self._guarded():
             return super().evaluate(*args, **kwargs)
 
