@@ -83,6 +83,18 @@ def test_exports_and_conversions_replace_links(tmp_path):
     assert os.listdir(target.parent) == ["precious.txt"]
 
 
+def test_demo_data_replaces_links(tmp_path):
+    from keras_segformer.data import synthetic
+
+    target = _target(tmp_path)
+    out = tmp_path / "data"
+    out.mkdir()
+    link = _planted(out / "classes.json", target)
+    synthetic.generate(out, num_train=1, num_val=0, size=(32, 32))
+    _untouched(link, target)
+    assert "class_names" in link.read_text()
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     """A fault-injecting writer: half the file, then ENOSPC."""
     path = tmp_path / "model.keras"
