@@ -209,6 +209,14 @@ BACKEND_INDEPENDENT = {
     "test_export.py": {"test_calibration_images_sources"},
     # Every step in a fresh process with its own backend (all three).
     "test_journey.py": {"test_train_then_predict_and_export_on_other_backends"},
+    # The documentation's examples: fresh processes on PyTorch; the pages'
+    # marks and the command-line page against the parsers.
+    "test_docs_examples.py": {
+        "test_python_examples_run_as_written",
+        "test_not_tested_marks_give_a_reason",
+        "test_readme_opens_with_a_pretrained_model_on_a_photo",
+        "test_cli_page_equals_the_parsers",
+    },
     # Data checks (PIL), the train command stopped before any model is
     # built, a callback fed logs, the stderr filter (TensorFlow only).
     "test_data_checks.py": {
