@@ -45,34 +45,17 @@ def add_parser(subparsers):
         low=2,
         default=6,
     )
-    p.add_argument(
-        "--size",
-        type=image_size,
-        default=128,
-        help="side of the generated square images",
-    )
-    count = int_at_least(1)
-    p.add_argument(
-        "--num-train-images",
-        type=count,
-        default=400,
-        help="generated training images",
-    )
-    p.add_argument(
-        "--num-val-images",
-        type=count,
-        default=48,
-        help="generated held-out images, scored at the end",
-    )
+    # The generated data and the overlays: flag, type, default, help.
+    for flag, kind, default, text in (
+        ("--size", image_size, 128, "side of the generated square images"),
+        ("--num-train-images", int_at_least(1), 400, "training images"),
+        ("--num-val-images", int_at_least(1), 48, "held-out images"),
+        ("--overlays", int_at_least(0), 8, "held-out images drawn with masks"),
+    ):
+        p.add_argument(flag, type=kind, default=default, help=text)
     # From scratch (no ImageNet encoder), so 10x the fine-tuning rate.
     add_schedule(p, epochs=8, steps=50, lr=6e-4)
     add_batch_size(p, "images per step", 8)
-    p.add_argument(
-        "--overlays",
-        type=int_at_least(0),
-        default=8,
-        help="held-out images drawn with their predicted masks",
-    )
     add_seed(p)
     p.add_argument(
         "--overwrite",

@@ -29,11 +29,7 @@ def add_parser(subparsers):
         type=image_size,
         help="resize so the short side is this (default: whole images)",
     )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object instead of the table",
-    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
