@@ -88,6 +88,8 @@ def tiny_segformer(num_classes=5, **kwargs):
 # --audit-backend-independent` (it fails a listed test that calls into
 # keras/src/backend/<backend>/).
 BACKEND_INDEPENDENT = {
+    # transformers config mapping (no model built).
+    "test_to_hf.py": {"test_unknown_hidden_act_is_named"},
     # Keras internals: the fallbacks' own logic.
     "test_keras_internals.py": {
         "test_torch_default_device_without_keras_module",
@@ -324,6 +326,19 @@ BACKEND_INDEPENDENT = {
 # test_keras_way and test_journey.
 ONCE_ON = "torch"
 RUN_ONCE = {
+    # Interop files (transformers' pipeline, keras-hub presets): the files
+    # are written and read with numpy / h5py, the same on every backend;
+    # keras-hub's eager model costs minutes on JAX. Our tanh-GELU numerics
+    # are checked on every backend against transformers (test_to_hf).
+    "test_keras_hub.py": {
+        "test_keras_hub_preset_loads_with_its_numerics",
+        "test_our_preset_loads_in_keras_hub",
+        "test_exact_gelu_model_is_written_with_a_warning",
+        "test_what_keras_hub_cannot_hold_is_refused",
+    },
+    "test_to_hf.py": {
+        "test_pipeline_runs_on_saved_folder_and_its_masks_equal_ours",
+    },
     # HDF5 kept off the disk (h5py's writer is the same on every backend);
     # a subprocess with its own Keras import.
     "test_reliability_files.py": {

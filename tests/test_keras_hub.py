@@ -10,7 +10,6 @@ import json
 import os
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
 from conftest import TINY, TINY_DECODER
@@ -21,6 +20,14 @@ from keras_segformer.inference.processing import normalize_image
 
 TOL = 1e-4
 SIDE = 64  # keras-hub takes one square size
+
+
+def hub():
+    """keras-hub, imported when a test runs: it imports TensorFlow, which
+    a run that deselects these tests (JAX, see conftest) need not pay."""
+    import keras_hub
+
+    return keras_hub
 
 
 def randomize(model, seed=0):
@@ -38,6 +45,7 @@ def randomize(model, seed=0):
 
 
 def keras_hub_segmenter(num_classes=3):
+    keras_hub = hub()
     encoder = keras_hub.models.MiTBackbone(
         layerwise_depths=TINY["depths"],
         num_layers=4,
@@ -139,7 +147,8 @@ def test_our_preset_loads_in_keras_hub(tmp_path):
     )
     paths = model.save_to_preset(tmp_path, image_size=SIDE)
     assert sorted(paths) == sorted(os.listdir(tmp_path))
-    theirs = keras_hub.models.SegFormerImageSegmenter.from_preset(str(tmp_path))
+    segmenter = hub().models.SegFormerImageSegmenter
+    theirs = segmenter.from_preset(str(tmp_path))
     x = images(seed=4)
     np.testing.assert_allclose(
         run(theirs, x), upsampled(model, x), atol=TOL, rtol=0
@@ -165,7 +174,7 @@ def test_exact_gelu_model_is_written_with_a_warning(tmp_path):
     assert len([m for m in w if "keras-hub" in str(m.message)]) == 1
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["registered_name"] == "keras_hub>MiTBackbone"
-    theirs = keras_hub.models.MiTBackbone.from_preset(str(tmp_path))
+    theirs = hub().models.MiTBackbone.from_preset(str(tmp_path))
     x = images(batch=1, seed=7)
     last = keras.ops.convert_to_numpy(model(x, training=False)[-1])
     gap = np.max(np.abs(run(theirs, x) - last))
