@@ -51,6 +51,16 @@ def test_write_atomic_replaces_a_link_and_a_link_at_the_temporary(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["elsewhere", "run.json"]
 
 
+def test_the_epoch_log_replaces_a_link(tmp_path):
+    target = _target(tmp_path)
+    log = _planted(tmp_path / run_files.LOG_FILE, target)
+    logger = run_files.EpochLog(str(log))
+    logger.on_train_begin()
+    logger.on_epoch_end(0, {"loss": 0.5})
+    _untouched(log, target)
+    assert "0.5" in log.read_text().splitlines()[1]
+
+
 def test_masks_and_overlays_replace_links(tmp_path):
     target = _target(tmp_path)
     mask_link = _planted(tmp_path / "a_mask.png", target)
