@@ -262,6 +262,13 @@ def make_dataset(
     Returns:
         ``tf.data.Dataset`` of ``(images, labels)`` batches.
 
+    Raises:
+        ValueError: a missing folder, no images, an image without a mask,
+            or an argument out of range (named).
+        DataError: with ``validate=True`` at once, else while iterating:
+            a file that cannot be decoded, image and mask sizes that
+            differ, or a label id >= ``num_classes`` (the file named).
+
     Example:
     >>> ds = make_dataset("images/", "masks/", batch_size=8, training=True,
     ...     num_classes=150, reduce_labels=True, repeat=True)

@@ -89,6 +89,14 @@ def ade20k(root, split="training"):
         split: str. ``"training"`` / ``"validation"`` (or ``"train"`` /
             ``"val"``).
 
+    Returns:
+        ``SegmentationFiles`` with the ADE20K class names and
+        ``reduce_labels=True``.
+
+    Raises:
+        ValueError: an unknown split, a missing folder, no images, or an
+            image without its mask (named).
+
     Example:
     >>> files = ade20k("data/ADEChallengeData2016", "val")
     >>> ds = files.make_dataset(batch_size=1, training=False, eval_size=512)
@@ -120,6 +128,18 @@ def cityscapes(root, split="train", label_type="labelIds"):
         root: str or PathLike. Folder holding ``leftImg8bit`` and ``gtFine``.
         split: str. ``"train"``, ``"val"`` or ``"test"``.
         label_type: str. ``"labelIds"`` or ``"labelTrainIds"``.
+
+    Returns:
+        ``SegmentationFiles`` with the 19 class names and the label map
+        ``labelIds`` masks need.
+
+    Raises:
+        ValueError: an unknown split or ``label_type``, a missing folder,
+            no images, or an image without its mask (named).
+
+    Example:
+    >>> files = cityscapes("data/cityscapes", "val")
+    >>> ds = files.make_dataset(batch_size=1, training=False)
     """
     split = _split(split, {}, ("train", "val", "test"))
     if label_type not in ("labelIds", "labelTrainIds"):
@@ -169,6 +189,17 @@ def folder(
         class_names: sequence of str or None. Name of each training id.
         reduce_labels: bool. The masks need ``reduce_labels``.
         label_map: dict or None. The masks need this ``label_map``.
+
+    Returns:
+        ``SegmentationFiles``.
+
+    Raises:
+        ValueError: a missing folder, no images, or an image without a
+            mask of the same name (named).
+
+    Example:
+    >>> files = folder("data/images", "data/masks", ["sky", "road"])
+    >>> ds = files.make_dataset(batch_size=4, training=True, crop_size=256)
     """
     images, masks = pair_folders(image_dir, mask_dir)
     return SegmentationFiles(

@@ -354,6 +354,15 @@ def export_model(
     Returns:
         str. The absolute output path.
 
+    Raises:
+        TypeError: ``model`` is not a ``keras.Model``.
+        ValueError: an unknown ``format`` or option, an option that
+            ``format`` does not take, a model not built yet, or an
+            ``input_size`` or ``input_dtype`` the model cannot take.
+        FileNotFoundError: ``representative_images`` names no folder.
+        OSError: the output path cannot be written, or the TensorFlow
+            worker (JAX and PyTorch backends) failed.
+
     Example:
     >>> export_model(model, "out/segformer.onnx", "onnx")
     >>> export_model(model, "out/segformer.tflite", "litert",

@@ -158,6 +158,12 @@ class Segmenter:
         std: sequence of floats. Normalization std (0-1 scale).
         resample: str. PIL filter for resizing images.
 
+    Raises:
+        ValueError: an unknown ``mode`` or ``merge``, window sizes missing
+            or given for the wrong mode, a ``stride`` above ``crop_size``,
+            scales that are not positive, ``batch_size`` < 1, or a crop
+            smaller than the model's minimum input.
+
     Example:
     >>> segmenter = Segmenter(model, mode="slide", crop_size=1024,
     ...                       stride=768)  # Cityscapes protocol

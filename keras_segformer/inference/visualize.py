@@ -281,6 +281,10 @@ def save_prediction(
     Returns:
         ``(mask_path, overlay_path)`` as strings.
 
+    Raises:
+        ValueError: mask values outside 0..65535, or a palette that
+            cannot be read (``get_palette``).
+
     Example:
     >>> mask = segmenter("street.jpg")
     >>> save_prediction("street.jpg", mask, "out", "street", "cityscapes",

@@ -122,6 +122,9 @@ def build_segformer(
             ``attention_dropout``, ``layer_norm_epsilon``, ``input_shape``,
             ``include_preprocessing``, ``dtype``.
 
+    Returns:
+        ``SegFormer``, compiled with the training recipe.
+
     Raises:
         TypeError: an argument the builder does not take.
         ValueError: an unknown ``variant``, a missing

@@ -440,6 +440,10 @@ class MiTClassifier(_TaskModel):
         backbone: ``MiTBackbone``. The encoder.
         num_classes: int. Number of classes.
         id2label: dict or None. Class index -> name, kept in the config.
+
+    Example:
+    >>> classifier = MiTClassifier(keras_segformer.MiTB0(), num_classes=10)
+    >>> classifier(np.zeros((2, 64, 64, 3), "float32")).shape  # (2, 10)
     """
 
     def __init__(

@@ -194,7 +194,13 @@ class ConfusionMatrix(keras.metrics.Metric):
 class MeanIoU(ConfusionMatrix):
     """mIoU over the whole set, mmseg style (absent classes left out).
 
-    Same arguments and inputs as ``ConfusionMatrix``.
+    Inputs as for ``ConfusionMatrix``.
+
+    Args:
+        num_classes: int. Number of classes (2 for a binary model).
+        name: str. Name of the metric.
+        **kwargs: ``ConfusionMatrix`` arguments (``ignore_index``,
+            ``from_logits``, ``dtype``).
 
     Example:
     >>> model.compile(loss=SegFormerLoss(), metrics=[MeanIoU(150)])

@@ -199,6 +199,20 @@ def fit(
 
     Returns:
         ``keras.callbacks.History`` (empty when there was nothing to do).
+
+    Raises:
+        ValueError: ``epochs`` or ``steps_per_epoch`` not a positive
+            int, or ``out_dir`` holds a run of another model or settings
+            (named), or fewer epochs than it has done.
+        RunInUseError: another process trains in ``out_dir`` now.
+        NonFiniteError: the loss or the weights became NaN or infinite
+            (the last good checkpoint is named).
+        DataError: a data file the pipeline could not use (named).
+
+    Example:
+    >>> model = keras_segformer.SegFormerB0(num_classes=6)
+    >>> trainer.fit(model, train_ds, out_dir="runs/b0", epochs=8,
+    ...             steps_per_epoch=50, validation_data=val_ds)
     """
     _check_counts(epochs, steps_per_epoch)  # before the folder is made
     out_dir = os.fspath(out_dir)
