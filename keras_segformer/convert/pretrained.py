@@ -209,7 +209,13 @@ def from_pretrained(
             tensor, or a malformed ``config.json``; nothing is assigned.
 
     Example:
-    >>> model = keras_segformer.from_pretrained("out/hf-b0")
+    >>> model = keras_segformer.from_pretrained(
+    ...     "nvidia/segformer-b0-finetuned-ade-512-512"
+    ... )
+    >>> model = keras_segformer.from_pretrained("out/hf-b0")  # a folder
+    >>> encoder = keras_segformer.from_pretrained(
+    ...     "out/hf-b0", num_classes=5, backbone_only=True
+    ... )
     """
     directory = _resolve_directory(os.fspath(path_or_id))
     config_path = os.path.join(directory, "config.json")
