@@ -48,7 +48,7 @@ _CASES = [
         },
     ),
     (
-        lambda: layers.MiTBlock(8, 2, 2, 3, 0.1, 0.2, 0.3, 1e-6),
+        lambda: layers.MiTBlock(8, 2, 2, 3, 0.1, 0.2, 0.3, 1e-6, 1e-4, True),
         {
             "hidden_size": 8,
             "num_heads": 2,
@@ -58,11 +58,18 @@ _CASES = [
             "dropout": 0.2,
             "attention_dropout": 0.3,
             "layer_norm_epsilon": 1e-6,
+            "block_norm_epsilon": 1e-4,
+            "approximate_gelu": True,
         },
     ),
     (
-        lambda: layers.MixFFN(8, 32, dropout=0.1),
-        {"hidden_size": 8, "intermediate_size": 32, "dropout": 0.1},
+        lambda: layers.MixFFN(8, 32, dropout=0.1, approximate_gelu=True),
+        {
+            "hidden_size": 8,
+            "intermediate_size": 32,
+            "dropout": 0.1,
+            "approximate_gelu": True,
+        },
     ),
     (
         lambda: layers.OverlappingPatchEmbedding(
