@@ -385,3 +385,29 @@ def test_float_labels_with_fractions_are_a_type_error(entry):
     from keras_segformer.models.segformer import _check_integer_labels
 
     _check_integer_labels(np.round(y))  # whole floats are class indices
+
+
+def test_config_that_contradicts_the_weights_names_both(tmp_path):
+    import zipfile
+
+    from keras_segformer.export import load_model
+
+    tiny_segformer(4).save(tmp_path / "m4.keras")
+    # The same file with a config.json that says 3 classes.
+    with zipfile.ZipFile(tmp_path / "m4.keras") as src:
+        with zipfile.ZipFile(tmp_path / "m3.keras", "w") as dst:
+            for item in src.infolist():
+                data = src.read(item.filename)
+                if item.filename == "config.json":
+                    config = data.decode()
+                    data = config.replace(
+                        '"num_classes": 4', '"num_classes": 3'
+                    )
+                    assert data != config
+                dst.writestr(item, data)
+    with pytest.raises(ValueError) as info:
+        load_model(tmp_path / "m3.keras")
+    message = str(info.value)
+    assert "config.json" in message and "classifier/kernel" in message
+    assert "(16, 3) in this model and (16, 4) in the file" in message
+    assert "\n" not in message  # not Keras' dump of the variable

@@ -61,6 +61,13 @@ def _load_keras_file(path):
     try:
         model = keras.saving.load_model(path)
     except Exception as e:
+        if _MISFIT.search(str(e)):
+            # Keras' message prints whole variables: one line instead.
+            raise ValueError(
+                f"The Keras model file {path!r} contradicts itself: the "
+                "model its config.json describes (classes, variant) does "
+                f"not fit its weights: {_misfit(e)}"
+            ) from None
         raise ValueError(
             f"Could not read the Keras model file {path!r} "
             f"({type(e).__name__}: {e})."
