@@ -116,18 +116,23 @@ def no_space(error):
 def disk_full_error(path, error):
     """The ``DiskFullError`` for a write of ``path`` that failed with
     ``error`` (see ``no_space``)."""
+    number = getattr(error, "errno", None) or errno.ENOSPC
     folder = os.path.dirname(os.path.abspath(path))
+    reason = {
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large (a file-size limit)",
+    }.get(number, "no space left on device")
     try:
         free = shutil.disk_usage(folder).free
-        where = f" ({free / 2**20:.0f} MiB free in {folder})"
+        reason += f" ({free / 2**20:.0f} MiB free in {folder})"
     except OSError:
-        where = ""
+        pass
     full = DiskFullError(
-        f"cannot write {path}: no space left on device{where}; nothing "
-        "was written (an earlier file of that name is kept). Free some "
-        "space and run the same command again."
+        f"cannot write {path}: {reason}; nothing was written (an earlier "
+        "file of that name is kept). Free some space and run the same "
+        "command again."
     )
-    full.errno = getattr(error, "errno", None) or errno.ENOSPC
+    full.errno = number
     return full
 
 

@@ -154,6 +154,7 @@ def test_weights_on_a_full_disk_end_in_one_line(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "DiskFullError cannot write" in done.stdout, done.stdout
+    assert "file too large (a file-size limit)" in done.stdout
     assert "h5py" not in done.stderr, done.stderr[-2000:]
     assert os.listdir(tmp_path) == []
 
