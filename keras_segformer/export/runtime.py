@@ -74,13 +74,6 @@ class ExportedModel:
         path: str or path-like. SavedModel directory, ``.tflite`` or
             ``.onnx`` file written by ``export_model``.
 
-    Raises (when called):
-        ValueError: the images do not fit the artifact: not ``(batch,
-            height, width, channels)``, another height and width than the
-            fixed size it was exported for, another batch size than a
-            fixed one, or smaller than the network takes; one line naming
-            what the artifact takes (instead of the runtime's own error).
-
     Attributes:
         format: str. The artifact's format (``"tf_saved_model"``,
             ``"litert"`` or ``"onnx"``).
@@ -151,6 +144,14 @@ class ExportedModel:
         Returns:
             numpy array: logits or mask; a dict name -> array when the
             artifact has several outputs.
+
+        Raises:
+            ValueError: the images do not fit the artifact: not ``(batch,
+                height, width, channels)``, another height and width than
+                the fixed size it was exported for, another batch size than
+                a fixed one, an empty batch, or smaller than the network
+                takes; one line naming what the artifact takes (instead of
+                the runtime's own error).
         """
         x = np.asarray(images)
         self._check(x.shape)
