@@ -42,6 +42,11 @@ parsers (keras_segformer/cli/) or the script's text, then run
   the others and lists those).
 - 3 when `train` in a cluster lost another worker (the same command again
   resumes).
+- 4 when a file could not be written for lack of space (one line naming
+  it; nothing half written, an earlier file of that name kept).
+- 130 when interrupted (Ctrl-C: one line, no traceback).
+
+Every status, with the others' meaning: [reliability](reliability.md).
 
 ## Outputs
 

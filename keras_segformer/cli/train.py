@@ -123,8 +123,10 @@ def _add_output_arguments(p):
         "--overwrite",
         action="store_true",
         help=(
-            "start afresh: remove the run in --out first (run.json, "
-            "model.keras, log.csv, checkpoints/, backup/, tensorboard/)"
+            "start afresh: remove the files the run in --out wrote "
+            "(run.json, model.keras, log.csv, its checkpoints, backup and "
+            "tensorboard files), nothing else; a folder that never held a "
+            "run is refused"
         ),
     )
 
