@@ -4,6 +4,15 @@ Each sub-command lives in its own module of this package and exposes
 ``add_parser(subparsers)`` (which registers the sub-command and sets
 ``func`` on it). ``main`` wires them together.
 
+Start-up: reading the arguments (``--help`` included) imports neither
+Keras nor a backend, so it works with none installed. Before a command
+runs, ``dependencies.prepare`` chooses the Keras backend and checks what
+the command needs (TensorFlow for tf.data and the exports, tf2onnx for
+ONNX): a missing package is one line naming the ``pip install`` extra
+that brings it, exit status 2, before any output folder is made (an
+output folder the command made is removed again, if empty, when it
+fails).
+
 Errors: a user error (a bad argument, file, checkpoint or data sample)
 prints one line ``keras-segformer COMMAND: error: ...`` naming what is
 wrong and exits with status 2; ``--debug`` (or the environment variable
@@ -111,7 +120,7 @@ def _use_jax_compilation_cache():
     if JAX_CACHE_ENV in os.environ:
         return
     path = os.environ[JAX_CACHE_ENV] = jax_compilation_cache_dir()
-    if "jax" in sys.modules:  # imported with Keras: it read the variable
+    if sys.modules.get("jax") is not None:  # imported: it read the variable
         sys.modules["jax"].config.update("jax_compilation_cache_dir", path)
 
 
@@ -153,21 +162,53 @@ def _command_name(argv):
     return next((f" {a}" for a in argv if a in COMMANDS), "")
 
 
+def _new_folders(args):
+    """The output folders (``--out``, ``--output``) that do not exist yet:
+    removed again if the command fails before writing in them."""
+    paths = (getattr(args, name, None) for name in ("out", "output"))
+    return [p for p in paths if isinstance(p, str) and not os.path.lexists(p)]
+
+
+def _remove_if_empty(folders):
+    for path in folders:
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)  # only an empty one
+        except OSError:
+            pass
+
+
 def _main(argv):
     _use_jax_compilation_cache()
+    from keras_segformer.cli import dependencies
     from keras_segformer.errors import data_errors
 
     parser = build_parser()
     args = parser.parse_args(argv)
     stdout = sys.stdout
     sys.stdout = lines = _LineEnds(stdout)
+    new_folders = _new_folders(args)
     try:
+        # Backend and dependencies first: nothing is written before.
+        dependencies.prepare(args.command, args)
         # A data error met inside tf.data comes out as its own message.
         with data_errors():
             return args.func(args) or 0
+    except ImportError as e:
+        # An optional dependency met late (a Hub download, a runtime):
+        # one line naming the extra; any other import error is a bug.
+        message = dependencies.explain(e)
+        if message is None or _debug(args):
+            raise
+        _remove_if_empty(new_folders)
+        print(
+            f"keras-segformer {args.command}: error: {message}", file=sys.stderr
+        )
+        return 2
     except USER_ERRORS as e:
         if _debug(args):
             raise
+        _remove_if_empty(new_folders)
         if lines.open:  # a progress bar's line: end it before the error
             stdout.write("\n")
             stdout.flush()
