@@ -4,10 +4,12 @@ folder, predict's outputs, the CLI's exit statuses, size bounds)."""
 
 import errno
 import os
+import struct
 import subprocess
 import sys
 import types
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -348,6 +350,23 @@ def test_sizes_that_cannot_fit_are_refused_before_any_work(
     # Windows bound the model's part: --slide fits where whole did not.
     args.slide, args.crop_size = True, [512, 512]
     predict_cli.check_memory([str(image)], model, args)
+    # A header claiming 100000x100000 (past PIL's own bomb bound): refused
+    # with its size, no pixel read.
+    huge = tmp_path / "huge.png"
+    header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + header
+    huge.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(header))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", 0)
+        + b"IDAT"
+        + struct.pack(">I", zlib.crc32(b"IDAT"))
+    )
+    args.slide, args.crop_size, args.scales = False, None, [1.0]
+    with pytest.raises(ValueError, match=r"huge.png \(100000x100000\)"):
+        predict_cli.check_memory([str(huge)], model, args)
 
 
 def test_a_keras_zip_that_inflates_too_far_is_refused_unread(

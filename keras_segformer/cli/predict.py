@@ -256,6 +256,18 @@ def memory_needed(image_size, model, scales, flip, crop_size, batch_size):
     return int(4 * (2 * batch * largest + kept + scaled))
 
 
+def _header_size(path):
+    """``(width, height)`` from an image file's header (no pixels
+    decoded), or None where it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError):
+        return None
+
+
 def check_memory(files, model, args):
     """Refuse, before any image is decoded, an image and ``--scales`` that
     need more memory than is available (``memory_needed``), naming the
@@ -266,12 +278,17 @@ def check_memory(files, model, args):
     if available is None:
         return
     crop = size_pair(args.crop_size) if args.slide else None
-    for path in files:
-        try:
-            with Image.open(path) as image:  # the header only
-                width, height = image.size
-        except (OSError, ValueError, Image.DecompressionBombError):
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        sizes = [_header_size(path) for path in files]
+    finally:
+        # PIL's own bound stays for decoding; an image past it is refused
+        # here, with its size, if it cannot fit.
+        Image.MAX_IMAGE_PIXELS = limit
+    for path, size in zip(files, sizes):
+        if size is None:
             continue  # said where the image is read
+        width, height = size
         need = memory_needed(
             (height, width),
             model,
