@@ -158,6 +158,7 @@ def test_pipeline_runs_on_saved_folder_and_its_masks_equal_ours(tmp_path):
     from transformers import AutoImageProcessor, pipeline
 
     from keras_segformer.inference import Segmenter
+    from keras_segformer.layers.preprocessing import IMAGENET_MEAN
 
     names = {i: f"class_{i}" for i in range(4)}
     model = randomize(
@@ -169,16 +170,25 @@ def test_pipeline_runs_on_saved_folder_and_its_masks_equal_ours(tmp_path):
     model.save_pretrained(tmp_path, image_size=(64, 96))
     card = (tmp_path / "README.md").read_text()
     assert "class_3" in card and "64x96" in card
+    # A model trained with other statistics: both sides must use them.
+    path = tmp_path / "preprocessor_config.json"
+    config = json.loads(path.read_text())
+    assert config["image_mean"] == [0.485, 0.456, 0.406]
+    config.update(image_mean=[0.45, 0.4, 0.5], image_std=[0.25, 0.2, 0.3])
+    path.write_text(json.dumps(config))
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(processor).__name__.startswith("SegformerImageProcessor")
     assert (processor.size["height"], processor.size["width"]) == (64, 96)
-    np.testing.assert_allclose(processor.image_mean, [0.485, 0.456, 0.406])
+    np.testing.assert_allclose(processor.image_mean, [0.45, 0.4, 0.5])
+    loaded = keras_segformer.from_pretrained(tmp_path)
+    assert loaded.preprocessor_config["size"] == {"height": 64, "width": 96}
+    assert loaded.id2label == names
 
     rng = np.random.default_rng(4)
     pixels = rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)  # non-square
     segment = pipeline("image-segmentation", model=str(tmp_path))
     results = segment(Image.fromarray(pixels))
-    ours = Segmenter(model, size=(64, 96)).predict_mask(pixels)
+    ours = Segmenter(loaded, size=(64, 96)).predict_mask(pixels)
     assert ours.shape == (45, 70)
     present = sorted(names[int(i)] for i in np.unique(ours))
     assert len(present) > 1  # several masks to compare
@@ -187,10 +197,8 @@ def test_pipeline_runs_on_saved_folder_and_its_masks_equal_ours(tmp_path):
         index = int(r["label"].split("_")[1])
         mask = np.asarray(r["mask"]) > 0
         np.testing.assert_array_equal(mask, ours == index, err_msg=r["label"])
-
-    again = keras_segformer.from_pretrained(tmp_path)
-    assert again.preprocessor_config["size"] == {"height": 64, "width": 96}
-    assert again.id2label == names
+    imagenet = Segmenter(loaded, size=(64, 96), mean=IMAGENET_MEAN)
+    assert not np.array_equal(imagenet.predict_mask(pixels), ours)
 
 
 def test_preprocessor_config_is_checked_against_in_model_normalization(

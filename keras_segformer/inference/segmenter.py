@@ -66,6 +66,23 @@ def _softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _processor_normalization(model):
+    """``(mean, std)`` on the 0-1 scale of the transformers processor
+    config a model was loaded with (``model.preprocessor_config``), or
+    None. ``(x * rescale - mean) / std`` is rewritten for ``x / 255``."""
+    config = getattr(model, "preprocessor_config", None)
+    if not config:
+        return None
+    rescale = config.get("rescale_factor", 1 / 255)
+    k = 255.0 * (rescale if config.get("do_rescale", True) else 1.0)
+    if config.get("do_normalize", True):
+        mean = config.get("image_mean", IMAGENET_MEAN)
+        std = config.get("image_std", IMAGENET_STD)
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return tuple(m / k for m in mean), tuple(s / k for s in std)
+
+
 def _check_windows(mode, crop_size, stride):
     """``(crop_size, stride)`` as pairs for ``mode="slide"``; refused for
     ``"whole"``."""
@@ -154,8 +171,10 @@ class Segmenter:
             the model; None: yes unless the model's backbone normalizes
             itself (``include_preprocessing=True``), then raw 0-255
             floats are fed.
-        mean: sequence of floats. Normalization mean (0-1 scale).
-        std: sequence of floats. Normalization std (0-1 scale).
+        mean: sequence of floats or None. Normalization mean (0-1 scale);
+            None: the model's ``preprocessor_config`` (the processor it was
+            loaded with by ``from_pretrained``), else ImageNet's.
+        std: sequence of floats or None. Normalization std, as ``mean``.
         resample: str. PIL filter for resizing images.
 
     Raises:
@@ -186,8 +205,8 @@ class Segmenter:
         merge="logits",
         batch_size=4,
         normalize=None,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=None,
+        std=None,
         resample="bilinear",
     ):
         crop_size, stride = _check_windows(mode, crop_size, stride)
@@ -218,6 +237,11 @@ class Segmenter:
         self.merge = merge
         self.batch_size = int(batch_size)
         self.normalize = bool(normalize)
+        loaded = _processor_normalization(model)
+        if mean is None:
+            mean = loaded[0] if loaded else IMAGENET_MEAN
+        if std is None:
+            std = loaded[1] if loaded else IMAGENET_STD
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.resample = resample
