@@ -756,10 +756,13 @@ def save_to_preset(model, directory, image_size=None):
         warnings.warn(
             "keras-hub's MiT computes the tanh GELU and LayerNorm epsilon "
             "1e-6 in its blocks, this model "
-            f"{'tanh' if backbone.approximate_gelu else 'exact'} GELU and "
+            f"{'the tanh' if backbone.approximate_gelu else 'exact'} GELU "
+            "and epsilon "
             f"{backbone.block_norm_epsilon or backbone.layer_norm_epsilon:g}"
-            f": the preset's outputs in keras-hub differ from this model's by "
-            f"{gap:.1e} (max abs, measured on a random input).",
+            ": the preset's outputs in keras-hub differ from this model's "
+            f"by {gap:.1e} (max abs, measured on a random input; build with "
+            "approximate_gelu=True, block_norm_epsilon=1e-6 for equal "
+            "numbers).",
             stacklevel=3,
         )
     from keras_segformer.training.run_files import write_atomic
