@@ -51,12 +51,27 @@ def _tflite_interpreter(path):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        import tensorflow as tf
-
+        tf = _runtime("tensorflow", "a TFLite file")
         Interpreter = tf.lite.Interpreter
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter deprecation
         return Interpreter(model_path=path)
+
+
+def _runtime(module, artifact):
+    """Import the runtime of ``artifact``, or say which extra brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        raise ModuleNotFoundError(
+            f"Running {artifact} needs {module}, which is not installed: "
+            "pip install 'keras-segformer[export]'.",
+            name=module,
+        ) from e
 
 
 def _dims(shape):
@@ -94,8 +109,7 @@ class ExportedModel:
         self.path = os.fspath(path)
         self.format = artifact_format(self.path)
         if self.format == "tf_saved_model":
-            import tensorflow as tf
-
+            tf = _runtime("tensorflow", "a SavedModel")
             self._loaded = tf.saved_model.load(self.path)
             fn = self._loaded.signatures["serving_default"]
             spec = fn.structured_input_signature[1]["images"]
@@ -118,8 +132,7 @@ class ExportedModel:
             self._interpreter = interpreter
             self._fn = runner
         else:
-            import onnxruntime
-
+            onnxruntime = _runtime("onnxruntime", "an ONNX file")
             session = onnxruntime.InferenceSession(
                 self.path, providers=["CPUExecutionProvider"]
             )
