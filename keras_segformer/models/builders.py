@@ -243,6 +243,11 @@ _SEGFORMER_DOC = """SegFormer-{V}: semantic segmentation, MiT-{V} encoder.
     Returns:
         ``SegFormer``.
 
+    Raises:
+        TypeError: an argument the builder does not take, or of the wrong
+            type (named).
+        ValueError: a value out of range (named).
+
     Example:
     >>> model = keras_segformer.{name}(num_classes=19)
     >>> logits = model(np.zeros((1, 512, 1024, 3), "float32"))  # 128x256
@@ -261,6 +266,11 @@ _MIT_DOC = """MiT-{V}: the Mix Transformer encoder alone.
 
     Returns:
         ``MiTBackbone``.
+
+    Raises:
+        TypeError: an argument the builder does not take, or of the wrong
+            type (named).
+        ValueError: a value out of range (named).
 
     Example:
     >>> backbone = keras_segformer.{name}()
@@ -284,6 +294,11 @@ _CLASSIFIER_DOC = """MiT-{V} image classifier (ImageNet-style).
 
     Returns:
         ``MiTClassifier``.
+
+    Raises:
+        TypeError: an argument the builder does not take, or of the wrong
+            type (named).
+        ValueError: a value out of range (named).
 
     Example:
     >>> model = keras_segformer.{name}(num_classes=10)

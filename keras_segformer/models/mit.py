@@ -103,6 +103,12 @@ class MiTBackbone(HubIO, DirectGraph, keras.Model):
         include_preprocessing: bool. Normalize 0-255 input inside the model.
         dtype: dtype policy of the layers (e.g. ``"mixed_bfloat16"``).
 
+    Raises:
+        TypeError: an argument of the wrong type (e.g. a
+            per-stage field that is not a list), named in the message.
+        ValueError: a value out of range (a rate outside [0, 1),
+            per-stage lists of different lengths), named in the message.
+
     Example:
     >>> backbone = keras_segformer.MiTB0()
     >>> c1, c2, c3, c4 = backbone(np.zeros((1, 64, 96, 3), "float32"))

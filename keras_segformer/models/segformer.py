@@ -370,6 +370,13 @@ class SegFormer(_TaskModel):
             transformers; ``"mmseg"``: mmsegmentation's ``SegformerHead``
             (conv-BN-ReLU per scale), for its model-zoo checkpoints.
 
+    Raises:
+        TypeError: an argument of the wrong type (e.g. ``num_classes=2.5``
+            or ``True``), named in the message.
+        ValueError: a value out of range (a rate outside [0, 1), per-stage
+            lists of different lengths, ``num_classes`` < 1),
+            named in the message.
+
     Example:
     >>> model = keras_segformer.SegFormerB0(num_classes=150)
     >>> logits = model(np.zeros((1, 512, 512, 3), "float32"))  # 1x128x128x150
@@ -440,6 +447,13 @@ class MiTClassifier(_TaskModel):
         backbone: ``MiTBackbone``. The encoder.
         num_classes: int. Number of classes.
         id2label: dict or None. Class index -> name, kept in the config.
+
+    Raises:
+        TypeError: an argument of the wrong type (e.g. ``num_classes=2.5``
+            or ``True``), named in the message.
+        ValueError: a value out of range (a rate outside [0, 1), per-stage
+            lists of different lengths, ``num_classes`` < 1),
+            named in the message.
 
     Example:
     >>> classifier = MiTClassifier(keras_segformer.MiTB0(), num_classes=10)
