@@ -410,3 +410,29 @@ def test_layer_norm_equals_keras_layer_norm(shape):
 
     for got, expected in zip(grads(ours), grads(ref)):
         np.testing.assert_allclose(got, expected, atol=5e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("low", [(8, 9), (16, 16), (20, 33)])
+def test_add_resized_equals_add_of_resize(dtype, low):
+    """x + resize(y) at x's size, inference (no gradient): PyTorch's fast
+    version writes into x, and from 4x on in bfloat16 resizes with two
+    GEMMs; the numbers are the generic sum's (to bfloat16's rounding)."""
+    from keras_segformer.ops import inference
+    from keras_segformer.ops.resize import add_resized
+
+    rng = np.random.default_rng(3)
+    x = ops.cast(rng.standard_normal((2, 64, 66, 5)), dtype)
+    y = ops.cast(rng.standard_normal((2, *low, 5)), dtype)
+    up = resize_bilinear(ops.cast(y, "float32"), (64, 66))
+    up = ops.convert_to_numpy(up)
+    x32 = ops.convert_to_numpy(ops.cast(x, "float32"))
+    with inference.no_autograd():  # (x may be written: read it before)
+        fast = ops.convert_to_numpy(ops.cast(add_resized(x, y), "float32"))
+    if dtype == "float32":
+        np.testing.assert_allclose(fast, x32 + up, atol=1e-5, rtol=1e-5)
+    else:  # bfloat16 roundings of the terms and of the height-resized
+        # rows, whose values reach max|y| (wrong weights: errors ~1)
+        y_max = np.abs(ops.convert_to_numpy(ops.cast(y, "float32"))).max()
+        bound = 2**-7 * (np.abs(x32) + y_max)
+        assert (np.abs(fast - (x32 + up)) <= bound).all()

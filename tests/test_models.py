@@ -196,6 +196,39 @@ def test_mixed_bfloat16_gives_float32_logits():
     assert (out.argmax(-1) == ref.argmax(-1)).mean() > 0.9
 
 
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_fast_inference_equals_generic_and_sees_new_weights(dtype):
+    """The inference fast paths (cached low-precision weight copies, a
+    padded classifier kernel from 4096 positions on, native bfloat16 layer
+    norm and resize, the batch norm folded into the head's kernels) give
+    the generic ops' numbers, and a weight assigned after a call is used
+    by the next one."""
+    # 64x66 positions at 1/4 resolution: the padded classifier's size.
+    x = np.random.default_rng(5).standard_normal((1, 256, 264, 3))
+    x = x.astype("float32")
+    model = tiny_segformer(num_classes=3, dtype=dtype)
+    _randomize(model)
+    reference = tiny_segformer(num_classes=3)
+    reference.set_weights(model.get_weights())
+    exact = _np(reference(x, training=False))
+    fast = _np(model(x, training=False))
+    with keras_segformer.ops.use("generic"):
+        generic = _np(model(x, training=False))
+    assert fast.dtype == generic.dtype == np.float32
+    if dtype == "float32":
+        np.testing.assert_allclose(fast, generic, atol=2e-5, rtol=1e-5)
+    else:  # as close to float32 as the generic bfloat16 ops are
+        err_fast = np.abs(fast - exact).max()
+        err_generic = np.abs(generic - exact).max()
+        assert 0 < err_fast <= 2 * err_generic + 1e-3 * np.abs(exact).max()
+    _randomize(model, seed=1)  # in place: the version counters move
+    fresh = tiny_segformer(num_classes=3, dtype=dtype)
+    fresh.set_weights(model.get_weights())
+    again, expected = _np(model(x, training=False)), _np(fresh(x))
+    assert np.abs(again - fast).max() > 1e-3
+    np.testing.assert_allclose(again, expected, atol=1e-6, rtol=0)
+
+
 def test_global_mixed_policy(tmp_path):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:

@@ -52,23 +52,61 @@ class SegFormerHead(BaseDecodeHead):
         # rows of the fuse kernel that multiply scale i. Projection, bilinear
         # resize (weights sum to 1) and the bias-free fuse are all linear,
         # so this is the same function; it skips the 4*D-channel concat at
-        # 1/4 resolution and the widest matmul of the head.
+        # 1/4 resolution and the widest matmul of the head. Where the batch
+        # norm uses its moving statistics it is an affine map too, folded
+        # into the same kernels: one pass less over the full-size map.
+        norm = self.batch_norm
+        folded = not (training and norm.trainable)
+        projections = nn.derived_weights(
+            self, lambda: self._projections(folded), key=folded
+        )
+        x = self._sum_at(
+            (
+                nn.affine(feature, kernel, bias)
+                for feature, (kernel, bias) in zip(features, projections)
+            ),
+        )
+        if not folded:
+            x = nn.batch_norm(norm, x, training)
+        x = nn.relu(x)
+        x = drop(self.dropout, x, training)
+        return self._float32(nn.dense(self.classifier, x))
+
+    def _projections(self, folded):
+        """``(kernel, bias)`` of each scale, in input order: ``linear_c{i}``
+        followed by its rows of the fuse kernel, and the batch norm where
+        ``folded``."""
         dim = self.decoder_hidden_size
         fuse, _ = nn.kernel_and_bias(self.linear_fuse)
-
-        def scale(i, feature, linear):
+        affine = _affine(self.batch_norm) if folded else None
+        projections = []
+        for i, linear in enumerate(self.linear_c):
             j = self.num_inputs - 1 - i  # concat order is [c4, c3, c2, c1]
             rows = fuse[j * dim : (j + 1) * dim]
             kernel, bias = nn.kernel_and_bias(linear)
             kernel = nn.matmul(kernel, rows)
             bias = nn.matmul(bias[None], rows)[0]
-            return nn.matmul(feature, kernel) + bias
+            if affine is not None:
+                kernel, bias = _fold(kernel, bias, *affine, shift=i == 0)
+            projections.append((kernel, bias))
+        return projections
 
-        layers = zip(features, self.linear_c)
-        x = self._sum_at(
-            ops.shape(features[0])[1:3],
-            (scale(i, *each) for i, each in enumerate(layers)),
-        )
-        x = nn.relu(nn.batch_norm(self.batch_norm, x, training))
-        x = drop(self.dropout, x, training)
-        return nn.dense(self.classifier, x)
+
+def _affine(norm):
+    """The batch norm at inference as ``x * scale + shift`` (float32):
+    ``(x - mean) * (gamma / sqrt(variance + epsilon)) + beta``."""
+    variables = (norm.moving_mean, norm.moving_variance, norm.gamma, norm.beta)
+    mean, variance, gamma, beta = (ops.cast(v, "float32") for v in variables)
+    scale = gamma * ops.rsqrt(variance + norm.epsilon)
+    return scale, beta - mean * scale
+
+
+def _fold(kernel, bias, scale, shift_value, shift):
+    """``kernel`` and ``bias`` followed by ``x * scale (+ shift_value)``,
+    computed in float32 and returned in the kernel's dtype."""
+    dtype = kernel.dtype
+    kernel = ops.cast(kernel, "float32") * scale
+    bias = ops.cast(bias, "float32") * scale
+    if shift:
+        bias = bias + shift_value
+    return ops.cast(kernel, dtype), ops.cast(bias, dtype)

@@ -75,9 +75,8 @@ class MMSegSegFormerHead(BaseDecodeHead):
 
         layers = zip(features, self.convs, self.conv_norms)
         x = self._sum_at(
-            ops.shape(features[0])[1:3],
             (scale(i, *each) for i, each in enumerate(layers)),
         )
         x = ops.relu(self.fusion_norm(x, training=training))
         x = drop(self.dropout, x, training)
-        return self.classifier(x)
+        return self._float32(self.classifier(x))

@@ -15,7 +15,11 @@ with the conversions and kernels ``keras.ops`` uses on PyTorch, so the
 numbers are the same.
 """
 
+import functools
+import weakref
+
 import keras
+import numpy as np
 import torch
 import torch.nn.functional as F
 from keras import ops
@@ -65,7 +69,36 @@ def _weight(variable, dtype, plain):
     value = getattr(variable, "_value", None) if plain else None
     if value is None:
         value = variable.value
-    return value if value.dtype == dtype else value.to(dtype)
+    if value.dtype == dtype:
+        return value
+    if plain and not torch.is_grad_enabled():
+        return _cached(value, dtype, lambda: value.to(dtype))
+    return value.to(dtype)
+
+
+# What is derived from a weight for inference (its copy in a lower compute
+# dtype, a padded kernel), kept while the stored tensor is unchanged: its
+# in-place version counter (an assignment, an optimizer step) or a new
+# tensor makes a new one. Only where no gradient is recorded (predict,
+# evaluate): a tensor made there may be an inference tensor, which autograd
+# cannot save. Without it a mixed_bfloat16 forward pass cast every kernel
+# again (~300 copies).
+_DERIVED = {}  # (id(tensor), tag) -> (weak reference, version, result)
+
+
+def _cached(value, tag, make):
+    key = (id(value), tag)
+    entry = _DERIVED.get(key)
+    # A tensor made in inference mode (a cached copy) has no version
+    # counter; nothing here changes one in place.
+    version = None if value.is_inference() else value._version
+    if entry is not None and entry[0]() is value and entry[1] == version:
+        return entry[2]
+    with torch.no_grad():
+        result = make()
+    ref = weakref.ref(value, lambda _, key=key: _DERIVED.pop(key, None))
+    _DERIVED[key] = (ref, version, result)
+    return result
 
 
 def _policy(layer):
@@ -138,7 +171,31 @@ def dense(layer, x):
         return nn.dense.generic(layer, x)
     kernel, bias, dtype = weights
     x = x if x.dtype == dtype else x.to(dtype)  # Keras' input autocast
+    units = kernel.shape[1]
+    if (
+        dtype == torch.float32
+        and units % 16
+        and x.numel() >= _PAD_FROM * x.shape[-1]
+    ):
+        if not torch.is_grad_enabled():  # (a cached padded kernel)
+            kernel, bias = _cached(kernel, "padded", lambda: _pad(kernel, bias))
+            return F.linear(x, kernel, bias)[..., :units]
     return F.linear(x, kernel.T, bias)
+
+
+# Rows (positions) from which a float32 projection pads its kernel.
+_PAD_FROM = 4096
+
+
+def _pad(kernel, bias):
+    """``kernel.T`` and ``bias`` with zero rows up to a multiple of 16
+    outputs: oneDNN's float32 GEMM takes 1.7x as long for 150 outputs as
+    for 160 (the classifier at 1/4 of a 512x512 input)."""
+    units = kernel.shape[1]
+    rows = -units % 16
+    weight = F.pad(kernel.T, (0, 0, 0, rows)).contiguous()
+    bias = None if bias is None else F.pad(bias, (0, rows))
+    return weight, bias
 
 
 @nn.conv2d.register("torch", "cpu")
@@ -196,9 +253,18 @@ def layer_norm(layer, x):
     compute = None if policy is None else _DTYPES.get(policy.compute_dtype)
     if compute is None:
         return nn.layer_norm.generic(layer, x)
+    plain = _plain_reads()
+    if dtype == compute == torch.bfloat16:
+        # The bfloat16 kernel computes in float32 and rounds once, as the
+        # float32 path below followed by its cast back does, without two
+        # copies of the map.
+        gamma, beta = (
+            None if v is None else _weight(v, compute, plain)
+            for v in (layer.gamma, layer.beta)
+        )
+        return torch.layer_norm(x, (x.shape[-1],), gamma, beta, layer.epsilon)
     y = x.float() if dtype in (torch.float16, torch.bfloat16) else x
     # Keras reads gamma and beta in the compute dtype, then upcasts.
-    plain = _plain_reads()
     gamma, beta = (
         None if v is None else _upcast(_weight(v, compute, plain), y.dtype)
         for v in (layer.gamma, layer.beta)
@@ -242,6 +308,77 @@ def batch_norm(layer, x, training=None):
     return _upcast(y.add_(beta), compute)
 
 
+@nn.affine.register("torch", "cpu")
+def affine(x, kernel, bias):
+    """One ``addmm`` (the bias added in the GEMM, no second map)."""
+    if not x.dtype == kernel.dtype == bias.dtype:
+        return nn.affine.generic(x, kernel, bias)
+    y = torch.addmm(bias, x.reshape(-1, x.shape[-1]), kernel)
+    return y.view(*x.shape[:-1], kernel.shape[-1])
+
+
+@resize_ops.add_resized.register("torch", "cpu")
+def add_resized(x, y):
+    """Into ``x`` where no gradient is recorded: no new full-size map
+    (each one's fresh pages cost more than the sum). In bfloat16, from 4x
+    on, the resize is two GEMMs whose second adds into ``x``
+    (``baddbmm``): bilinear weights at such factors are exact in
+    bfloat16; the rows resized along the height are rounded to bfloat16
+    once more than in resize-then-add (within 2**-8 of the largest value
+    of ``y`` nearby, bfloat16's own precision)."""
+    if torch.is_grad_enabled() or x.dtype != y.dtype or not x.is_contiguous():
+        return resize_ops.add_resized.generic(x, y)
+    n, height, width, channels = x.shape
+    h, w = y.shape[1:3]
+    if x.dtype != torch.bfloat16 or h * 4 > height or w * 4 > width:
+        return x.add_(resize_ops.resize_bilinear(y, (height, width)))
+    rows, cols = (
+        _lerp_matrix(*sizes, x.dtype) for sizes in ((h, height), (w, width))
+    )
+    tall = torch.matmul(rows, y.reshape(n, h, w * channels))
+    torch.baddbmm(
+        x.view(n * height, width, channels),
+        cols.expand(n * height, width, w),
+        tall.view(n * height, w, channels),
+        out=x.view(n * height, width, channels),
+    )
+    return x
+
+
+@functools.lru_cache(maxsize=64)
+def _lerp_matrix(n_in, n_out, dtype):
+    """``(n_out, n_in)``: bilinear resize along one axis as a matrix."""
+    i0, i1, frac = resize_ops.source_indices(n_in, n_out)
+    matrix = np.zeros((n_out, n_in), np.float32)
+    np.add.at(matrix, (np.arange(n_out), i0), 1 - frac)
+    np.add.at(matrix, (np.arange(n_out), i1), frac)
+    return torch.from_numpy(matrix).to(dtype)
+
+
+@nn.derived_weights.register("torch", "cpu")
+def derived_weights(layer, make, key=None):
+    """Kept while ``layer``'s weights are the same tensors at the same
+    versions, where no gradient is recorded and weights are read plainly
+    (``_weight``'s conditions); made again otherwise."""
+    if torch.is_grad_enabled() or not _plain_reads():
+        return make()
+    values = [getattr(v, "_value", None) for v in layer.weights]
+    if any(value is None for value in values):
+        return make()
+    state = (key, tuple((id(v), v._version) for v in values))
+    slot = id(layer)
+    entry = _KEPT.get(slot)
+    if entry is not None and entry[0]() is layer and entry[1] == state:
+        return entry[2]
+    result = make()
+    ref = weakref.ref(layer, lambda _, slot=slot: _KEPT.pop(slot, None))
+    _KEPT[slot] = (ref, state, result)
+    return result
+
+
+_KEPT = {}  # id(layer) -> (weak reference, weight state, derived values)
+
+
 @nn.relu.register("torch", "cpu")
 def relu(x):
     return torch.relu(x)  # what ops.relu runs
@@ -255,14 +392,18 @@ def reshape(x, shape):
 @resize_ops.resize_bilinear.register("torch", "cpu")
 def resize_bilinear(x, size):
     """Keras' PyTorch ``image.resize`` (bilinear, no antialiasing) on a
-    channels-last batch: ``F.interpolate`` in float32 or float64."""
+    channels-last batch: ``F.interpolate`` in float32, float64 or bfloat16."""
     static = resize_ops.static_size(size)
     if not isinstance(x, torch.Tensor):
         x = ops.convert_to_tensor(x)
     if static is None or not x.is_floating_point():
         return resize_ops.resize_bilinear.generic(x, size)
     dtype = x.dtype
-    y = x if dtype in (torch.float32, torch.float64) else x.float()
+    # bfloat16 in, bfloat16 out: the kernel interpolates in float32 and
+    # rounds once, as the float32 resize and its cast back do, without
+    # the two copies of the map.
+    native = (torch.float32, torch.float64, torch.bfloat16)
+    y = x if dtype in native else x.float()
     y = F.interpolate(
         y.permute(0, 3, 1, 2),
         size=static,
@@ -280,6 +421,13 @@ def attention(q, k, v, training=False):
     if not q.dtype == k.dtype == v.dtype:
         return attention_ops.attention.generic(q, k, v, training=training)
     q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    if q.dtype == torch.bfloat16 and not torch.is_grad_enabled():
+        # bfloat16 inference: two bfloat16 GEMMs around a softmax that
+        # reduces in float32 (torch's CPU kernel); the fused kernel's
+        # bfloat16 path is slower than its own float32 one on CPU.
+        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+        probs = torch.softmax(scores, -1)
+        return torch.matmul(probs, v).transpose(2, 1)
     return F.scaled_dot_product_attention(q, k, v).transpose(2, 1)
 
 

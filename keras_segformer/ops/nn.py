@@ -82,3 +82,17 @@ def reshape(x, shape):
     """``ops.reshape(x, shape)`` (a PyTorch fast version skips its
     per-call argument checks)."""
     return ops.reshape(x, shape)
+
+
+@op
+def affine(x, kernel, bias):
+    """``x @ kernel + bias`` over the last axis of ``x`` (one dtype)."""
+    return ops.matmul(x, kernel) + bias
+
+
+@op
+def derived_weights(layer, make, key=None):
+    """``make()``: values computed from ``layer``'s weights alone (the decode
+    head's fused per-scale kernels), ``key`` naming what else they depend
+    on. A fast version may keep them while the weights are unchanged."""
+    return make()

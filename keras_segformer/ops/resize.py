@@ -70,3 +70,11 @@ def resize_bilinear(x, size):
         antialias=False,
         data_format="channels_last",
     )
+
+
+@op
+def add_resized(x, y):
+    """``x + resize_bilinear(y, (H, W))`` for ``x`` of shape
+    ``(batch, H, W, channels)``, where the caller owns ``x`` and will not
+    read it again (a fast version may write the sum into it)."""
+    return x + resize_bilinear(y, ops.shape(x)[1:3])
