@@ -23,7 +23,7 @@ What is compared (the columns)
     rebuilt per case (it needs a fixed ``image_shape``) on the backend
     that was fastest on the first case (``--hub-backend`` forces one).
     ``ours-<backend>-bf16``: this project with ``dtype="mixed_bfloat16"``
-    on the backend that was fastest in float32 on the case
+    on the backend where it was fastest on the first case
     (``--bf16-backend`` forces one); inference with the weights of a
     float32 model, whose argmax it is compared with. ``transformers-bf16``:
     transformers under ``torch.autocast(device, dtype=torch.bfloat16)``

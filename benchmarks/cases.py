@@ -128,8 +128,8 @@ def default_case_names(train_variants=("b0",), quick=False):
 class Column:
     """One implementation (table column).
 
-    ``backend`` None means "choose": keras-hub takes its fastest backend
-    on the first case, ``ours-bf16`` the fastest float32 ``ours`` backend.
+    ``backend`` None means "choose": keras-hub and ``ours-bf16`` take
+    their fastest backend on the first case.
     """
 
     spec: str

@@ -19,7 +19,7 @@ def _impls_help():
         ", ".join(f"ours-{b}" for b in BACKENDS)
         + ", transformers, transformers-bf16 (torch.autocast bfloat16), "
         "keras-hub (fastest backend) or keras-hub-<backend>, ours-bf16 "
-        "(fastest float32 backend) or ours-<backend>-bf16"
+        "(its fastest backend) or ours-<backend>-bf16"
     )
 
 
@@ -49,7 +49,7 @@ def _add_selection(parser):
     parser.add_argument(
         "--bf16-backend",
         choices=BACKENDS,
-        help="backend of ours-bf16 (default: fastest float32 on the case)",
+        help="backend of ours-bf16 (default: its fastest on the first case)",
     )
     parser.add_argument(
         "--bf16-anyway",

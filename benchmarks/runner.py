@@ -106,8 +106,9 @@ class Benchmark:
             for col in self.columns:
                 if col.bf16 and self.skip_bf16:
                     continue
-                auto_hub = col.kind == "keras-hub" and col.backend is None
-                total += len(BACKENDS) if auto_hub and i == 0 else 1
+                # keras-hub and ours-bf16 without a backend try each one
+                auto = col.backend is None
+                total += len(BACKENDS) if auto and i == 0 else 1
         return total
 
     def _model_spec(self, column, backend, case):
@@ -211,35 +212,9 @@ class Benchmark:
         self._derive()
         return outputs.write(self, final=final)
 
-    def _fastest_ours(self, case):
-        timed = []
-        for r in self.results:
-            if (
-                r["case"] == case.name
-                and r["status"] == "ok"
-                and r["impl"] in {f"ours-{b}" for b in BACKENDS}
-            ):
-                timed.append((primary_figure(r)[1]["median_ms"], r["backend"]))
-        return min(timed) if timed else None
-
-    def _choose_bf16(self, column, case):
-        fastest = self._fastest_ours(case)
-        if fastest is not None:
-            backend = fastest[1]
-            how = (
-                f"fastest float32 'ours' column on {case.name} "
-                f"({fastest[0]:.1f} ms)"
-            )
-        else:
-            backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-            if backend not in BACKENDS:
-                backend = "tensorflow"
-            how = "no float32 'ours' result to compare: KERAS_BACKEND default"
-        self.choices[column.spec] = {"backend": backend, "how": how}
-        column.backend = backend
-
-    def _choose_hub(self, column, case):
-        """Measure keras-hub on every backend, keep the fastest."""
+    def _choose_fastest(self, column, case):
+        """Measure the column (keras-hub, or ours in bfloat16) on every
+        backend, keep the fastest."""
         candidates = {}
         for backend in BACKENDS:
             r = self._run_model(column, backend, case, candidate=True)
@@ -322,7 +297,8 @@ class Benchmark:
             flush=True,
         )
         self._run_reference()
-        # bfloat16 columns last: they may pick the fastest float32 backend.
+        # bfloat16 columns last, after the float32 columns they are read
+        # against.
         order = [c for c in self.columns if not c.bf16] + [
             c for c in self.columns if c.bf16
         ]
@@ -335,11 +311,9 @@ class Benchmark:
                     continue
                 if column.bf16 and self.skip_bf16:
                     self._skip_bf16(column, case)
-                elif column.backend is None and column.kind == "keras-hub":
-                    self._choose_hub(column, case)
+                elif column.backend is None:
+                    self._choose_fastest(column, case)
                 else:
-                    if column.backend is None:
-                        self._choose_bf16(column, case)
                     self._run_model(column, column.backend, case)
         return self._report(final=True)
 
