@@ -8,7 +8,9 @@ does, and every error must name the file that caused it (TensorFlow's
 decode errors do not).
 """
 
+import contextlib
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -203,8 +205,8 @@ def validate_pairs(images, masks, label_transform, *, progress=None):
         images: list of str. Image files.
         masks: list of str. Mask files, paired by position.
         label_transform: ``LabelTransform``.
-        progress: bool or None. Show a progress bar; None: for sets of
-            ``PROGRESS_MIN_FILES`` pairs or more.
+        progress: bool or None. Show a progress bar (on stderr); None:
+            for sets of ``PROGRESS_MIN_FILES`` pairs or more.
 
     Raises:
         DataError: a file that fails a check (the message names it), or a
@@ -219,7 +221,8 @@ def validate_pairs(images, masks, label_transform, *, progress=None):
     if progress:
         import keras
 
-        print(f"checking {len(images)} image/mask pairs")
+        # On stderr: stdout may carry a result (evaluate --json).
+        print(f"checking {len(images)} image/mask pairs", file=sys.stderr)
         bar = keras.utils.Progbar(len(images), unit_name="pair")
     raw_values = set()
     labelled = 0
@@ -238,7 +241,8 @@ def validate_pairs(images, masks, label_transform, *, progress=None):
         raw_values.update(values.tolist())
         labelled += int(counts[mapped != IGNORE_INDEX].sum())
         if bar is not None and (i % 50 == 49 or i == len(images) - 1):
-            bar.update(i + 1)
+            with contextlib.redirect_stdout(sys.stderr):
+                bar.update(i + 1)
     if not labelled:
         options = (
             f"reduce_labels={label_transform.reduce_labels}, label_map="
