@@ -46,7 +46,17 @@ TEST_SPLIT ?= tests/test_export.py tests/test_keras_way.py \
 # Longest first: the two halves of JAX and TensorFlow (~33 minutes each
 # side by side at 3d8a197), then PyTorch's (~9 minutes alone), so that
 # the short parts fill the end. A backend not named here runs last.
-TEST_ORDER ?= jax-1 tensorflow-1 jax-2 tensorflow-2 torch-1 torch-2
+TEST_ORDER ?= jax-1 tensorflow-1 jax-2 tensorflow-2 torch-1 torch-2 \
+	min-jax min-torch
+# The lowest Keras pyproject.toml declares and its smoke suite (the tests
+# tests/conftest.py lists in MIN_KERAS_SMOKE: fit, predict, save/load,
+# transformers parity, the fast paths' fallbacks), one part per backend of
+# MIN_KERAS_BACKENDS (`min-<backend>`). That Keras alone (pure Python; its
+# dependencies are the venv's) goes into .cache/keras-min-<version>, first
+# on PYTHONPATH; the suite stops if it imported another one.
+MIN_KERAS := $(shell sed -n 's/^ *"keras>=\([0-9.]*\)",$$/\1/p' pyproject.toml)
+MIN_KERAS_DIR := $(CURDIR)/.cache/keras-min-$(MIN_KERAS)
+MIN_KERAS_BACKENDS ?= jax torch
 # XLA's CPU code generation without LLVM optimization: the same HLO, the
 # same library kernels (matmul, convolution) and float semantics, for tiny
 # test models; JAX compiles a training step ~40% faster (most of the JAX
@@ -58,15 +68,17 @@ PYTEST := TF_CPP_MIN_LOG_LEVEL=2 JAX_COMPILATION_CACHE_DIR=$(JAX_CACHE) \
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q --durations=15
 
 _split = $(if $(PYTEST_ARGS),,$(filter $(SPLIT_BACKENDS),$(BACKENDS)))
-_parts = $(foreach b,$(BACKENDS),$(if $(filter $b,$(_split)),$b-1 $b-2,$b))
+_parts = $(foreach b,$(BACKENDS),$(if $(filter $b,$(_split)),$b-1 $b-2,$b)) \
+	$(if $(PYTEST_ARGS),,$(addprefix min-,$(filter $(MIN_KERAS_BACKENDS),$(BACKENDS))))
 # In TEST_ORDER's order (a whole suite where its part 1 is), then the rest.
 _ranked = $(foreach p,$(TEST_ORDER),$(or $(filter $p,$(_parts)),$(and \
 	$(filter %-1,$p),$(filter $(p:%-1=%),$(_parts)))))
 TEST_PARTS := $(addprefix test-,$(_ranked) $(filter-out $(_ranked),$(_parts)))
 PART_TARGETS := $(foreach b,$(BACKENDS),test-$b-1 test-$b-2)
+MIN_TARGETS := $(addprefix test-min-,$(BACKENDS))
 
 .PHONY: setup demo test lint format benchmark docs $(addprefix test-,$(BACKENDS)) \
-	$(PART_TARGETS)
+	$(PART_TARGETS) $(MIN_TARGETS)
 
 setup: $(VENV)/.installed
 
@@ -94,13 +106,14 @@ test: lint
 	rc=$$?; echo "=== all test parts took $$(( $$(date +%s) - start )) s ==="; \
 	exit $$rc
 
-# $(1): backend, $(2): label, $(3): files (pytest arguments). On the
-# backends other than INDEPENDENT_ON a selection holding only
-# backend-independent tests leaves nothing to run: pytest's exit code 5.
+# $(1): backend, $(2): label, $(3): files (pytest arguments), $(4):
+# environment. On the backends other than INDEPENDENT_ON a selection
+# holding only backend-independent tests leaves nothing to run: pytest's
+# exit code 5.
 define run_pytest
 	@echo "=== pytest on $(2) ==="
 	@start=$$(date +%s); \
-	KERAS_BACKEND=$(1) $(PYTEST) \
+	$(4) KERAS_BACKEND=$(1) $(PYTEST) \
 	  $(if $(filter $(1),$(INDEPENDENT_ON)),,-m "not backend_independent") \
 	  $(3) $(PYTEST_ARGS); \
 	rc=$$?; echo "=== pytest on $(2) took $$(( $$(date +%s) - start )) s ==="; \
@@ -115,6 +128,14 @@ $(PART_TARGETS): test-%: setup
 	$(call run_pytest,$(subst -$(lastword $(subst -, ,$*)),,$*),$* \
 	  (part $(lastword $(subst -, ,$*)) of 2),$(if \
 	  $(filter %-1,$*),$(TEST_SPLIT),$(TEST_SPLIT:%=--ignore=%)))
+
+$(MIN_TARGETS): test-min-%: setup $(MIN_KERAS_DIR)/keras/__init__.py
+	$(call run_pytest,$*,$* with keras $(MIN_KERAS),-m min_keras,PYTHONPATH=$(MIN_KERAS_DIR) \
+	  KERAS_SEGFORMER_EXPECT_KERAS=$(MIN_KERAS))
+
+$(MIN_KERAS_DIR)/keras/__init__.py: | setup
+	$(PY) -m pip install -q --no-deps --upgrade --target $(MIN_KERAS_DIR) \
+	  keras==$(MIN_KERAS)
 
 docs: $(VENV)/.docs-installed
 	NO_MKDOCS_2_WARNING=1 TF_CPP_MIN_LOG_LEVEL=2 $(VENV)/bin/mkdocs build \

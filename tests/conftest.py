@@ -315,6 +315,45 @@ BACKEND_INDEPENDENT = {
 }
 
 
+# -- the minimum-Keras smoke suite ---------------------------------------------
+# Marked min_keras: `make test` also runs them (parts min-jax, min-torch)
+# with the lowest Keras pyproject.toml declares first on PYTHONPATH, and
+# sets KERAS_SEGFORMER_EXPECT_KERAS to that version: a session that
+# imported another Keras stops before any test (see pytest_configure).
+MIN_KERAS_SMOKE = {
+    # Every fast path on (the fixture) and each one's fallback.
+    "test_keras_internals.py": {
+        "test_hidden_keras_names_fall_back_with_the_same_numbers",
+        "test_optimizer_without_adam_slots_takes_adamw_update_step",
+    },
+    "test_models.py": {
+        "test_save_and_load_keras_file",
+        "test_compiled_model_reloads_compiled",
+        "test_predict_on_arrays_equals_keras_predict",
+    },
+    "test_parity_hf.py": {
+        "test_direct_call_matches_transformers",
+        "test_backbone_model_matches_transformers",
+    },
+    # fit, then the weights saved and loaded into a new model.
+    "test_keras_way.py": {
+        "test_trained_weights_load_into_a_new_model_without_warnings"
+    },
+}
+
+
+def pytest_configure(config):
+    expected = os.environ.get("KERAS_SEGFORMER_EXPECT_KERAS")
+    if expected:
+        from packaging.version import Version
+
+        if Version(keras.__version__) != Version(expected):
+            raise pytest.UsageError(
+                f"KERAS_SEGFORMER_EXPECT_KERAS={expected}, but keras "
+                f"{keras.__version__} was imported from {keras.__file__}"
+            )
+
+
 # -- backend-agnostic logic, run once -----------------------------------------
 # Tests whose subject is our own backend-agnostic logic (the run folder's
 # bookkeeping and refusals, the demo command, initialising from a
@@ -389,6 +428,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _listed(item, BACKEND_INDEPENDENT, "BACKEND_INDEPENDENT", checked):
             item.add_marker(pytest.mark.backend_independent)
+        if _listed(item, MIN_KERAS_SMOKE, "MIN_KERAS_SMOKE", checked):
+            item.add_marker(pytest.mark.min_keras)
         once = _listed(item, RUN_ONCE, "RUN_ONCE", checked)
         if once and BACKEND != ONCE_ON and not everywhere:
             dropped.append(item)

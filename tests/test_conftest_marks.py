@@ -201,7 +201,13 @@ def test_make_test_runs_every_part_longest_first(tmp_path):
     done, runs = _make(tmp_path, "test", "TEST_JOBS=1")
     assert done.returncode == 0, done.stdout + done.stderr
     backends = [backend for backend, _ in runs]
-    assert backends == ["jax", "tensorflow"] * 2 + ["torch"] * 2
+    assert backends == ["jax", "tensorflow"] * 2 + ["torch"] * 2 + [
+        "jax",
+        "torch",
+    ]
+    # Then the minimum-Keras smoke suite, on JAX and PyTorch.
+    assert all(args.endswith("-m min_keras") for _, args in runs[6:])
+    assert "=== pytest on torch with keras " in done.stdout
     ignores = " ".join(f"--ignore={f}" for f in split)
     for (backend, args), part in zip(runs, [1, 1, 2, 2, 1, 2]):
         # Part 1 names its files, part 2 leaves them out: each file runs
@@ -217,7 +223,7 @@ def test_make_test_runs_every_part_longest_first(tmp_path):
 def test_a_failing_part_fails_make_test_after_all_ran(tmp_path):
     done, runs = _make(tmp_path, "test", fail_on="tensorflow")
     assert done.returncode != 0
-    assert len(runs) == 6  # --keep-going: the other parts still ran
+    assert len(runs) == 8  # --keep-going: the other parts still ran
     assert "=== all test parts took" in done.stdout
 
 
