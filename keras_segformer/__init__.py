@@ -71,7 +71,7 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+from keras_segformer.version import __version__  # noqa: E402, F401
 
 __all__ = [
     "MiTB0",

@@ -10,6 +10,8 @@ import json
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from keras_segformer.convert.state_dict import CheckpointError
 from keras_segformer.models.segformer import MiTClassifier, SegFormer
 
@@ -406,3 +408,31 @@ def config_to_kwargs(config):
         "id2label": id2label,
     }
     return backbone, head
+
+
+def attach_preprocessing(model, config, source):
+    """Keep a processor config on the model (``model.preprocessor_config``).
+
+    A model that normalizes inside itself (``include_preprocessing=True``)
+    must normalize as the file says: other values are refused.
+    """
+    backbone = getattr(model, "backbone", model)
+    if getattr(backbone, "include_preprocessing", False):
+        layer = backbone.get_layer("preprocessing")
+        want = {
+            "image_mean": list(layer.mean),
+            "image_std": list(layer.std),
+            "rescale_factor": layer.scale,
+        }
+        for name, value in want.items():
+            if config.get(name) is None:
+                continue
+            if not np.allclose(config[name], value, rtol=1e-6, atol=0):
+                raise ValueError(
+                    f"{source!r} normalizes with {name}={config[name]}, "
+                    "but include_preprocessing=True normalizes with "
+                    f"{value}. Load without include_preprocessing and "
+                    "normalize with model.preprocessor_config."
+                )
+    model.preprocessor_config = config
+    return model

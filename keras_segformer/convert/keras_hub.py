@@ -341,7 +341,7 @@ def load_preset(
     >>> model = keras_segformer.from_pretrained("segformer_b0_preset/")
     """
     from keras_segformer.convert.assign import assign
-    from keras_segformer.convert.pretrained import attach_preprocessing
+    from keras_segformer.convert.hf import attach_preprocessing
     from keras_segformer.models.builders import build_mit
     from keras_segformer.models.segformer import SegFormer
 
@@ -520,8 +520,8 @@ def _mit_config(backbone, size):
 
 def preset_files(model, size):
     """The JSON files of a preset: ``{file name: object}``."""
-    from keras_segformer import __version__
     from keras_segformer.convert.to_hf import preprocessor_config
+    from keras_segformer.version import __version__
 
     backbone = getattr(model, "backbone", model)
     kind = _preset_kind(model)

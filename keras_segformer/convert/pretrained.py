@@ -8,9 +8,8 @@ import json
 import numbers
 import os
 
-import numpy as np
-
 from keras_segformer.convert import hf
+from keras_segformer.convert.hf import attach_preprocessing
 from keras_segformer.convert.loader import load_checkpoint
 from keras_segformer.convert.state_dict import CheckpointError
 
@@ -117,34 +116,6 @@ def read_preprocessor_config(path):
             )
         config["size"] = {"height": size["height"], "width": size["width"]}
     return config
-
-
-def attach_preprocessing(model, config, source):
-    """Keep a processor config on the model (``model.preprocessor_config``).
-
-    A model that normalizes inside itself (``include_preprocessing=True``)
-    must normalize as the file says: other values are refused.
-    """
-    backbone = getattr(model, "backbone", model)
-    if getattr(backbone, "include_preprocessing", False):
-        layer = backbone.get_layer("preprocessing")
-        want = {
-            "image_mean": list(layer.mean),
-            "image_std": list(layer.std),
-            "rescale_factor": layer.scale,
-        }
-        for name, value in want.items():
-            if config.get(name) is None:
-                continue
-            if not np.allclose(config[name], value, rtol=1e-6, atol=0):
-                raise ValueError(
-                    f"{source!r} normalizes with {name}={config[name]}, "
-                    "but include_preprocessing=True normalizes with "
-                    f"{value}. Load without include_preprocessing and "
-                    "normalize with model.preprocessor_config."
-                )
-    model.preprocessor_config = config
-    return model
 
 
 def _config_task(config):

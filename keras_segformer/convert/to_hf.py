@@ -246,7 +246,7 @@ def preprocessor_config(model, image_size=None):
 def model_card(model, config, preprocessor):
     """A short ``README.md`` for a saved model: task, variant, classes,
     preprocessing and how the files were made."""
-    from keras_segformer import __version__
+    from keras_segformer.version import __version__
 
     backbone = getattr(model, "backbone", model)
     variant = _variant(backbone)
