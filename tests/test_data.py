@@ -408,7 +408,7 @@ def test_error_label_out_of_range_names_file(tmp_path):
     save(
         mask,
         np.pad(
-            np.zeros((1, 1), np.uint8), ((0, 3), (0, 3)), constant_values=255
+            np.ones((1, 1), np.uint8), ((0, 3), (0, 3)), constant_values=255
         ),
     )
     iterate([image], [mask], **kwargs)

@@ -73,11 +73,21 @@ def last_checkpoint(checkpoint_dir, before_epoch):
 
 
 def _learning_rate(model):
+    """The rate of the step that just ran (``optimizer.learning_rate``
+    is the next step's) and the schedule's peak, or None."""
     optimizer = getattr(model, "optimizer", None)
     try:
-        return float(ops.convert_to_numpy(optimizer.learning_rate))
+        schedule = getattr(optimizer, "_learning_rate", None)  # guarded
+        if isinstance(
+            schedule, keras.optimizers.schedules.LearningRateSchedule
+        ):
+            step = int(ops.convert_to_numpy(optimizer.iterations)) - 1
+            rate = float(ops.convert_to_numpy(schedule(max(step, 0))))
+            peak = getattr(schedule, "initial_learning_rate", None)
+            return rate, peak
+        return float(ops.convert_to_numpy(optimizer.learning_rate)), None
     except Exception:  # no optimizer, or a rate that is not a number
-        return None
+        return None, None
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
@@ -142,8 +152,10 @@ class StopOnNonFinite(keras.callbacks.Callback):
         where = f"epoch {self._epoch + 1}" + (f"/{epochs}" if epochs else "")
         if batch is not None:
             where += f", step {batch + 1}" + (f"/{steps}" if steps else "")
-        lr = _learning_rate(self.model)
-        rate = "" if lr is None else f" (learning rate {lr:.3g})"
+        lr, peak = _learning_rate(self.model)
+        rate = "" if lr is None else f" (learning rate {lr:.3g}"
+        if lr is not None:
+            rate += f", peak {peak:.3g})" if peak is not None else ")"
         good = None
         if self.checkpoint_dir is not None:
             good = last_checkpoint(self.checkpoint_dir, self._epoch + 1)
