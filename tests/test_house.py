@@ -30,7 +30,7 @@ MAX_LINES = 500
 # on purpose (see the module docstring).
 CALLED_UPWARD = {
     ("keras_segformer.models.hub_io", "keras_segformer.convert.to_hf"),
-    ("keras_segformer.models.hub_io", "keras_segformer.convert.keras_hub"),
+    ("keras_segformer.models.hub_io", "keras_segformer.convert.to_keras_hub"),
 }
 
 

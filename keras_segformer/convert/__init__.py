@@ -12,7 +12,7 @@ from keras_segformer.convert.architecture import infer_architecture
 from keras_segformer.convert.assign import ConversionReport, LoadReport, assign
 from keras_segformer.convert.formats import FORMATS, REGISTRY, detect_format
 from keras_segformer.convert.hf import canonicalize, config_to_kwargs
-from keras_segformer.convert.keras_hub import load_preset, save_to_preset
+from keras_segformer.convert.keras_hub import load_preset
 from keras_segformer.convert.loader import (
     load_checkpoint,
     load_hf_weights,

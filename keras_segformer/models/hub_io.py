@@ -70,6 +70,6 @@ class HubIO:
         >>> model.save_to_preset("out/preset")
         >>> keras_hub.models.SegFormerImageSegmenter.from_preset("out/preset")
         """
-        from keras_segformer.convert.keras_hub import save_to_preset
+        from keras_segformer.convert.to_keras_hub import save_to_preset
 
         return save_to_preset(self, directory, image_size=image_size)
