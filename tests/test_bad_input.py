@@ -382,9 +382,9 @@ def test_float_labels_with_fractions_are_a_type_error(entry):
     y[0, 0, 0] = 0.5  # a probability, not a class index
     with pytest.raises(TypeError, match="fractional part.*0.5"):
         getattr(model, entry)(x, y, verbose=0)
-    from keras_segformer.models.segformer import _check_integer_labels
+    from keras_segformer.training.losses import check_integer_labels
 
-    _check_integer_labels(np.round(y))  # whole floats are class indices
+    check_integer_labels(np.round(y))  # whole floats are class indices
 
 
 def test_config_that_contradicts_the_weights_names_both(tmp_path):

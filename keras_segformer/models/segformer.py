@@ -21,6 +21,7 @@ from keras_segformer.training.distribute import (
 )
 from keras_segformer.training.losses import (
     SegFormerLoss,
+    check_integer_labels,
     check_label_size,
     foreign_objectives,
 )
@@ -72,24 +73,6 @@ def _task_inputs(backbone, num_classes, id2label):
 def _is_array(x):
     """A single NumPy array or backend tensor (not a dataset, list, dict)."""
     return isinstance(x, np.ndarray) or keras.ops.is_tensor(x)
-
-
-def _check_integer_labels(y):
-    """Refuse in-memory float labels with a fractional part: class indices
-    cast to int would be truncated silently (0.5 -> class 0)."""
-    if not _is_array(y):
-        return
-    if "float" not in keras.backend.standardize_dtype(y.dtype):
-        return
-    values = keras.ops.convert_to_numpy(y)
-    fractional = values != np.floor(values)  # NaN and inf included
-    if fractional.any():
-        raise TypeError(
-            "`y` holds float labels with a fractional part (e.g. "
-            f"{values[fractional].flat[0]!r}): labels are class indices "
-            "(0 .. num_classes - 1, 255 ignored). Pass integer ids, not "
-            "probabilities or masks resized with interpolation."
-        )
 
 
 def _is_tf_dataset(x):
@@ -271,13 +254,13 @@ class _TaskModel(HubIO, ImageInputChecks, DirectGraph, keras.Model):
         x = args[0] if args else kwargs.get("x")
         if len(args) < 8 and "shuffle" not in kwargs and _is_tf_dataset(x):
             kwargs["shuffle"] = False
-        _check_integer_labels(args[1] if len(args) > 1 else kwargs.get("y"))
+        check_integer_labels(args[1] if len(args) > 1 else kwargs.get("y"))
         with self._guarded():
             return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         """``keras.Model.evaluate``, with data errors as in ``fit``."""
-        _check_integer_labels(args[1] if len(args) > 1 else kwargs.get("y"))
+        check_integer_labels(args[1] if len(args) > 1 else kwargs.get("y"))
         with self._guarded():
             return super().evaluate(*args, **kwargs)
 

@@ -64,6 +64,32 @@ def _as_labels(y_true):
     return ops.cast(labels, "int32")
 
 
+def check_integer_labels(y):
+    """Refuse in-memory float labels with a fractional part: class indices
+    cast to int would be truncated silently (0.5 -> class 0).
+
+    Args:
+        y: the labels given to ``fit`` / ``evaluate``; only a NumPy array
+            or backend tensor is read (not a dataset or generator).
+
+    Raises:
+        TypeError: float labels with a fractional part (NaN, inf too).
+    """
+    if not (isinstance(y, np.ndarray) or keras.ops.is_tensor(y)):
+        return
+    if "float" not in keras.backend.standardize_dtype(y.dtype):
+        return
+    values = keras.ops.convert_to_numpy(y)
+    fractional = values != np.floor(values)  # NaN and inf included
+    if fractional.any():
+        raise TypeError(
+            "`y` holds float labels with a fractional part (e.g. "
+            f"{values[fractional].flat[0]!r}): labels are class indices "
+            "(0 .. num_classes - 1, 255 ignored). Pass integer ids, not "
+            "probabilities or masks resized with interpolation."
+        )
+
+
 def _broadcast_sample_weight(sample_weight, dtype):
     """Per-sample ``(B,)`` or per-pixel ``(B, H, W[, 1])`` -> broadcastable
     to ``(B, H, W)``."""
