@@ -22,6 +22,7 @@ from keras_segformer.convert.pickle_reader import load_torch_file
 from keras_segformer.convert.pretrained import from_pretrained
 from keras_segformer.convert.state_dict import CheckpointError, read_state_dict
 from keras_segformer.convert.to_hf import preprocessor_config, save_pretrained
+from keras_segformer.convert.to_keras_hub import save_to_preset
 
 __all__ = [
     "FORMATS",
