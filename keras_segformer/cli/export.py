@@ -36,7 +36,7 @@ Output (``--out``), here and in ``convert``:
 
 import os
 
-from keras_segformer.cli.common import add_model_arguments
+from keras_segformer.cli.common import add_model_arguments, image_size
 from keras_segformer.cli.outputs import (
     check_existing_out,
     check_not_input,
@@ -149,7 +149,7 @@ def add_parser(subparsers):
     parser.add_argument(
         "--input-size",
         nargs=2,
-        type=int,
+        type=image_size,
         metavar=("H", "W"),
         help="fix the input height and width (e.g. for TFLite on mobile "
         "delegates); dynamic by default",
@@ -160,7 +160,7 @@ def add_parser(subparsers):
         dest="quantization",
         choices=QUANTIZATIONS,
         help="litert only: float16 weights, or int8 weights and "
-        "activations (alias: --quantize)",
+        "activations (default: float32, none; alias: --quantize)",
     )
     parser.add_argument(
         "--representative-images",
