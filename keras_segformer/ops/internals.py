@@ -23,6 +23,9 @@ which gives the same numbers. Reads of a name with an obvious public
 default (an attribute a newer Keras added, a variable's stored tensor)
 fall back in place, without turning anything off.
 
+``GraphPlan`` (the order in which ``DirectGraph`` runs a functional
+model's layers) is read here from ``Functional``'s internals.
+
 Example:
 
 ```python
@@ -36,6 +39,7 @@ import inspect
 import warnings
 
 import keras
+from keras import tree
 
 PATHS = ("direct_call", "direct_graph", "torch_weights", "grouped_update")
 
@@ -43,6 +47,12 @@ PATHS = ("direct_call", "direct_graph", "torch_weights", "grouped_update")
 DIFFERENT = (AttributeError, ImportError, TypeError)
 
 _off = {}
+
+try:  # for GraphPlan (DirectGraph): without it, the direct graph is off
+    from keras.src.backend.common.keras_tensor import KerasTensor
+except ImportError as error:  # pragma: no cover (a Keras that moved it)
+    KerasTensor = None
+    _off["direct_graph"] = f"{type(error).__name__}: {error}"
 
 
 def on(path):
@@ -110,3 +120,65 @@ def check_update_hooks(optimizer_class, built=None):
     except DIFFERENT as error:
         turn_off("grouped_update", error)
     return on("grouped_update")
+
+
+def _argument_reader(arguments):
+    """A function ``values -> (args, kwargs)`` for a node's recorded
+    arguments: Keras' ``fill_in``, without its tree maps for the two
+    shapes this project's graphs record (one tensor; one list or tuple of
+    tensors, plus non-tensor keywords)."""
+    single = arguments._single_positional_tensor
+    if single is not None:
+        key = id(single)
+        return lambda values: ((values[key],), {})
+    args, kwargs = arguments.args, arguments.kwargs
+    if (
+        len(args) == 1
+        and isinstance(args[0], (list, tuple))
+        and all(isinstance(t, KerasTensor) for t in args[0])
+        and not any(isinstance(v, KerasTensor) for v in tree.flatten(kwargs))
+    ):
+        keys, kind = [id(t) for t in args[0]], type(args[0])
+        return lambda values: ((kind(values[k] for k in keys),), dict(kwargs))
+    return arguments.fill_in
+
+
+class GraphPlan:
+    """A functional model's nodes in the order Keras runs them, with what
+    each needs: ``(operation, read arguments, output ids, takes
+    training)``.
+
+    Tensors are keyed by the ids of the model's ``KerasTensor``s, held in
+    closures: a deep copy of the model copies the operations and keeps
+    the ids, so the copy's plan stays consistent."""
+
+    def __init__(self, model):
+        self.steps = []
+        for depth in sorted(model._nodes_by_depth, reverse=True):
+            for node in model._nodes_by_depth[depth]:
+                operation = node.operation
+                if not operation or node.is_input:
+                    continue
+                self.steps.append(
+                    (
+                        operation,
+                        _argument_reader(node.arguments),
+                        [id(t) for t in node.outputs],
+                        "training" in operation._call_context_args,
+                    )
+                )
+        self.input_id = id(model.inputs[0])
+        self.output_ids = [id(t) for t in model.outputs]
+        struct = model._outputs_struct
+        if isinstance(struct, KerasTensor) or (
+            isinstance(struct, (list, tuple))
+            and all(isinstance(t, KerasTensor) for t in struct)
+        ):
+            # Functional.call's unpack_singleton, then the structure.
+            self.pack = (
+                (lambda outputs: outputs[0])
+                if len(self.output_ids) == 1
+                else type(struct)
+            )
+        else:
+            self.pack = lambda outputs: tree.pack_sequence_as(struct, outputs)
