@@ -295,7 +295,12 @@ def test_convert_overwrites_only_an_earlier_transformers_folder(
     status, err = _main(capsys, "convert", hf_dir, "--out", out)
     assert status == 0, err
     written = _snapshot(out)
-    assert sorted(written) == ["config.json", "model.safetensors"]
+    assert sorted(written) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     status, err = _main(capsys, "convert", hf_dir, "--out", out)
     assert status == 2
     _error(err, f"--out {out} exists", "--overwrite")

@@ -14,8 +14,9 @@ Output (``--out``), by the rule of ``export`` (see
   refused unless ``--overwrite`` is given, and even then it is replaced
   only when it is what an earlier ``convert`` to that kind wrote: a Keras
   model (a ``.keras`` zip archive), a Keras weights file (``.weights.h5``,
-  HDF5), or a folder holding nothing but ``config.json`` and
-  ``model.safetensors``. A training run's files (``model.keras``,
+  HDF5), or a folder holding nothing but what ``save_pretrained`` writes
+  (``config.json``, ``model.safetensors``, ``preprocessor_config.json``
+  and its model card ``README.md``). A training run's files (``model.keras``,
   ``checkpoints/`` beside a ``run.json``) and folders holding anything
   else are refused, naming what is there.
 - Every output is written under a temporary name and renamed into place
@@ -49,7 +50,16 @@ FORMATS = ("auto", "hf", "nvlabs", "mit", "mmseg")
 TASKS = ("segmentation", "classification", "backbone")
 
 # What ``save_pretrained`` writes: all --overwrite replaces in a folder.
-TRANSFORMERS_ENTRIES = frozenset(("config.json", "model.safetensors"))
+TRANSFORMERS_ENTRIES = frozenset(
+    (
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "README.md",
+    )
+)
+# The model card's tag that marks a README.md as save_pretrained's own.
+_CARD_TAG = "\n- keras-segformer\n"
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _KINDS = {
     ".keras": "a Keras model",
@@ -57,8 +67,8 @@ _KINDS = {
     "": "a transformers folder",
 }
 _FOLDER_ONLY = (
-    "a transformers folder (holding no more than config.json and "
-    "model.safetensors)"
+    "a transformers folder (holding no more than config.json, "
+    "model.safetensors, preprocessor_config.json and its README.md)"
 )
 # --out extensions of other formats (a transformers --out is a folder).
 _FOREIGN_EXTENSIONS = (
@@ -169,15 +179,16 @@ def add_parser(subparsers):
         "--out",
         required=True,
         help="model.keras, model.weights.h5, or a directory (transformers "
-        "format: config.json + model.safetensors); must not exist yet "
+        "format: config.json, model.safetensors, preprocessor_config.json, "
+        "README.md); must not exist yet "
         "(an empty folder is fine) unless --overwrite",
     )
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an earlier convert output in --out of the same kind "
-        "(a .keras or .weights.h5 file, or a folder holding only "
-        "config.json and model.safetensors); never SRC, a folder holding "
+        "(a .keras or .weights.h5 file, or a folder holding only what "
+        "convert wrote there); never SRC, a folder holding "
         "it, a training run's files or a folder holding anything else",
     )
     p.add_argument(
@@ -260,7 +271,7 @@ def _what_is_there(suffix):
     def check(path):
         if os.path.isdir(path):
             names = entries(path)
-            if TRANSFORMERS_ENTRIES.issuperset(names):
+            if TRANSFORMERS_ENTRIES.issuperset(names) and _own_card(path):
                 return None
             return f"is a folder holding {listing(names)}"
         if suffix == ".keras" and zipfile.is_zipfile(path):
@@ -272,6 +283,20 @@ def _what_is_there(suffix):
         return f"is not {_KINDS[suffix]}"
 
     return check
+
+
+def _own_card(folder):
+    """Whether ``folder`` has no README.md or the model card that
+    ``save_pretrained`` writes (a user's README.md is not replaced)."""
+    card = os.path.join(folder, "README.md")
+    if not os.path.lexists(card):
+        return True
+    if os.path.islink(card) or not os.path.isfile(card):
+        return False
+    with open(card, encoding="utf-8", errors="replace") as f:
+        head = f.read(4096)
+    front_matter = head.split("\n---", 1)[0] + "\n"
+    return head.startswith("---\n") and _CARD_TAG in front_matter
 
 
 def _save_folder(model, out):
