@@ -16,7 +16,6 @@ numbers are the same.
 """
 
 import functools
-import weakref
 
 import keras
 import numpy as np
@@ -25,116 +24,19 @@ import torch.nn.functional as F
 from keras import ops
 
 from keras_segformer.ops import attention as attention_ops
-from keras_segformer.ops import inference, internals, losses, nn
+from keras_segformer.ops import inference, losses, nn
 from keras_segformer.ops import optimizer as optimizer_ops
 from keras_segformer.ops import resize as resize_ops
-from keras_segformer.ops.layer_call import plain_policy
+from keras_segformer.ops._torch_weights import (
+    DTYPES,
+    derived,
+    layer_weights,
+    plain_reads,
+    policy_of,
+    read,
+)
 
-try:  # Keras internals: without them, weights are read through Keras
-    from keras.src.backend.common import global_state
-except ImportError:  # pragma: no cover (a Keras that moved it)
-    global_state = None
-
-TORCH_WEIGHTS = "torch_weights"
 _LINEAR = keras.activations.linear
-
-_DTYPES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
-
-
-def _plain_reads():
-    """Whether a variable's value is its stored tensor: no stateless
-    scope (values held elsewhere) and no device scope (the symbolic
-    "meta" calls) is active. False without Keras' global state (every
-    read through ``variable.value``)."""
-    state = getattr(global_state, "GLOBAL_STATE_TRACKER", None)
-    if state is None:
-        return False
-    return getattr(state, "stateless_scope", None) is None and (
-        getattr(state, "torch_device", None) is None
-    )
-
-
-def _weight(variable, dtype, plain):
-    """The variable's value in the torch ``dtype``, as the layer's own
-    call reads it (inside its own autocast scope: the compute dtype).
-
-    ``variable.value`` costs ~3 us per read (scope checks, autocast,
-    device lookup); where ``plain`` (``_plain_reads()``) it is the
-    stored tensor, read here directly."""
-    value = getattr(variable, "_value", None) if plain else None
-    if value is None:
-        value = variable.value
-    if value.dtype == dtype:
-        return value
-    if plain and not torch.is_grad_enabled():
-        return _cached(value, dtype, lambda: value.to(dtype))
-    return value.to(dtype)
-
-
-# What is derived from a weight for inference (its copy in a lower compute
-# dtype, a padded kernel), kept while the stored tensor is unchanged: its
-# in-place version counter (an assignment, an optimizer step) or a new
-# tensor makes a new one. Only where no gradient is recorded (predict,
-# evaluate): a tensor made there may be an inference tensor, which autograd
-# cannot save. Without it a mixed_bfloat16 forward pass cast every kernel
-# again (~300 copies).
-_DERIVED = {}  # (id(tensor), tag) -> (weak reference, version, result)
-
-
-def _cached(value, tag, make):
-    key = (id(value), tag)
-    entry = _DERIVED.get(key)
-    # A tensor made in inference mode (a cached copy) has no version
-    # counter; nothing here changes one in place.
-    version = None if value.is_inference() else value._version
-    if entry is not None and entry[0]() is value and entry[1] == version:
-        return entry[2]
-    with torch.no_grad():
-        result = make()
-    ref = weakref.ref(value, lambda _, key=key: _DERIVED.pop(key, None))
-    _DERIVED[key] = (ref, version, result)
-    return result
-
-
-def _policy(layer):
-    """``plain_policy(layer)``, or None (the generic op) once a Keras
-    internal it reads is missing."""
-    if not internals.on(TORCH_WEIGHTS):
-        return None
-    try:
-        return plain_policy(layer)
-    except internals.DIFFERENT as error:
-        internals.turn_off(TORCH_WEIGHTS, error)
-        return None
-
-
-def _kernel_and_bias(layer, kernel=None):
-    """``nn.kernel_and_bias`` without ``keras.ops``, or None where the
-    layer's ``kernel`` property computes more than the variable (LoRA,
-    quantization) or its compute dtype is not a float: the generic op
-    runs then."""
-    policy = _policy(layer)
-    if (
-        policy is None
-        or policy.quantization_mode is not None
-        or getattr(layer, "lora_enabled", False)
-    ):
-        return None
-    dtype = _DTYPES.get(policy.compute_dtype)
-    if dtype is None:
-        return None
-    plain = _plain_reads()
-    if kernel is None:  # the variable; the property where it is not
-        kernel = getattr(layer, "_kernel", None)
-        kernel = layer.kernel if kernel is None else kernel
-    kernel = _weight(kernel, dtype, plain)
-    bias = _weight(layer.bias, dtype, plain) if layer.use_bias else None
-    return kernel, bias, dtype
 
 
 def _conv_nhwc(x, dtype, weight, bias, **kwargs):
@@ -151,7 +53,7 @@ def no_autograd():
 
 @nn.kernel_and_bias.register("torch", "cpu")
 def kernel_and_bias(layer):
-    weights = _kernel_and_bias(layer)
+    weights = layer_weights(layer)
     if weights is None:
         return nn.kernel_and_bias.generic(layer)
     return weights[:2]
@@ -166,7 +68,7 @@ def matmul(a, b):
 
 @nn.dense.register("torch", "cpu")
 def dense(layer, x):
-    weights = _kernel_and_bias(layer)
+    weights = layer_weights(layer)
     if weights is None or layer.activation is not _LINEAR:
         return nn.dense.generic(layer, x)
     kernel, bias, dtype = weights
@@ -178,7 +80,7 @@ def dense(layer, x):
         and x.numel() >= _PAD_FROM * x.shape[-1]
     ):
         if not torch.is_grad_enabled():  # (a cached padded kernel)
-            kernel, bias = _cached(kernel, "padded", lambda: _pad(kernel, bias))
+            kernel, bias = derived(kernel, "padded", lambda: _pad(kernel, bias))
             return F.linear(x, kernel, bias)[..., :units]
     return F.linear(x, kernel.T, bias)
 
@@ -200,7 +102,7 @@ def _pad(kernel, bias):
 
 @nn.conv2d.register("torch", "cpu")
 def conv2d(layer, x, padding=0):
-    weights = _kernel_and_bias(layer)
+    weights = layer_weights(layer)
     if weights is None:
         return nn.conv2d.generic(layer, x, padding=padding)
     kernel, bias, dtype = weights
@@ -217,7 +119,7 @@ def conv2d(layer, x, padding=0):
 
 @nn.depthwise_conv2d.register("torch", "cpu")
 def depthwise_conv2d(layer, x):
-    weights = _kernel_and_bias(layer, layer.kernel)
+    weights = layer_weights(layer, layer.kernel)
     if weights is None:
         return nn.depthwise_conv2d.generic(layer, x)
     kernel, bias, dtype = weights
@@ -249,24 +151,24 @@ def layer_norm(layer, x):
     if layer.rms_scaling or layer.axis not in (-1, [-1], len(x.shape) - 1):
         return nn.layer_norm.generic(layer, x)
     dtype = x.dtype
-    policy = _policy(layer)
-    compute = None if policy is None else _DTYPES.get(policy.compute_dtype)
+    policy = policy_of(layer)
+    compute = None if policy is None else DTYPES.get(policy.compute_dtype)
     if compute is None:
         return nn.layer_norm.generic(layer, x)
-    plain = _plain_reads()
+    plain = plain_reads()
     if dtype == compute == torch.bfloat16:
         # The bfloat16 kernel computes in float32 and rounds once, as the
         # float32 path below followed by its cast back does, without two
         # copies of the map.
         gamma, beta = (
-            None if v is None else _weight(v, compute, plain)
+            None if v is None else read(v, compute, plain)
             for v in (layer.gamma, layer.beta)
         )
         return torch.layer_norm(x, (x.shape[-1],), gamma, beta, layer.epsilon)
     y = x.float() if dtype in (torch.float16, torch.bfloat16) else x
     # Keras reads gamma and beta in the compute dtype, then upcasts.
     gamma, beta = (
-        None if v is None else _upcast(_weight(v, compute, plain), y.dtype)
+        None if v is None else _upcast(read(v, compute, plain), y.dtype)
         for v in (layer.gamma, layer.beta)
     )
     # torch.layer_norm: the kernel F.layer_norm calls, without its
@@ -282,7 +184,7 @@ def batch_norm(layer, x, training=None):
     float32, ``(x - mean) * (rsqrt(var + eps) * gamma) + beta`` with the
     moving statistics, as Keras' PyTorch ``batch_normalization`` writes
     it, then the compute dtype."""
-    policy = _policy(layer)
+    policy = policy_of(layer)
     if (
         training is not False
         or policy is None
@@ -291,17 +193,17 @@ def batch_norm(layer, x, training=None):
         or not (layer.scale and layer.center)
     ):
         return nn.batch_norm.generic(layer, x, training=training)
-    compute = _DTYPES.get(policy.compute_dtype)
+    compute = DTYPES.get(policy.compute_dtype)
     y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    plain = _plain_reads()
+    plain = plain_reads()
     # gamma and beta autocast to the compute dtype (Keras reads them inside
     # the layer's scope); the moving statistics do not.
     gamma, beta = (
-        _upcast(_weight(v, compute, plain), y.dtype)
+        _upcast(read(v, compute, plain), y.dtype)
         for v in (layer.gamma, layer.beta)
     )
     mean, variance = (
-        _weight(v, y.dtype, plain)
+        read(v, y.dtype, plain)
         for v in (layer.moving_mean, layer.moving_variance)
     )
     y = y.sub(mean).mul_(variance.add(layer.epsilon).rsqrt_().mul(gamma))
@@ -353,30 +255,6 @@ def _lerp_matrix(n_in, n_out, dtype):
     np.add.at(matrix, (np.arange(n_out), i0), 1 - frac)
     np.add.at(matrix, (np.arange(n_out), i1), frac)
     return torch.from_numpy(matrix).to(dtype)
-
-
-@nn.derived_weights.register("torch", "cpu")
-def derived_weights(layer, make, key=None):
-    """Kept while ``layer``'s weights are the same tensors at the same
-    versions, where no gradient is recorded and weights are read plainly
-    (``_weight``'s conditions); made again otherwise."""
-    if torch.is_grad_enabled() or not _plain_reads():
-        return make()
-    values = [getattr(v, "_value", None) for v in layer.weights]
-    if any(value is None for value in values):
-        return make()
-    state = (key, tuple((id(v), v._version) for v in values))
-    slot = id(layer)
-    entry = _KEPT.get(slot)
-    if entry is not None and entry[0]() is layer and entry[1] == state:
-        return entry[2]
-    result = make()
-    ref = weakref.ref(layer, lambda _, slot=slot: _KEPT.pop(slot, None))
-    _KEPT[slot] = (ref, state, result)
-    return result
-
-
-_KEPT = {}  # id(layer) -> (weak reference, weight state, derived values)
 
 
 @nn.relu.register("torch", "cpu")
@@ -488,7 +366,7 @@ def adamw_update(
     CUDA), so the same bits: a few hundred calls per step instead of a
     dozen ``keras.ops`` calls per variable (B0's ``apply`` on CPU takes
     about a third of the time; docs/design.md)."""
-    plain = _plain_reads()
+    plain = plain_reads()
     params = _tensors(variables, plain)
     lists = [
         params,
