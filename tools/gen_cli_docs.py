@@ -44,6 +44,9 @@ parsers (keras_segformer/cli/) or the script's text, then run
   resumes).
 - 4 when a file could not be written for lack of space (one line naming
   it; nothing half written, an earlier file of that name kept).
+- 5 when `train` or `demo` diverged (a NaN or infinite loss or weights:
+  one line naming the step, the learning rate and the last good
+  checkpoint; `model.keras` is not written).
 - 130 when interrupted (Ctrl-C: one line, no traceback).
 
 Every status, with the others' meaning: [reliability](reliability.md).

@@ -22,8 +22,11 @@ exception is a bug and keeps its traceback. ``predict`` exits with status
 ``train`` exits with status 3 when another worker of its cluster was lost
 (the same command again resumes); ``4`` when a file could not be written
 for lack of space (one line naming it; nothing half written, an earlier
-file of that name kept); ``130`` when interrupted (Ctrl-C: one line, no
-traceback; a training run resumes from its last complete epoch).
+file of that name kept); ``5`` when training diverged (a NaN or infinite
+loss or weights: one line naming the step, the learning rate and the last
+good checkpoint; ``model.keras`` is not written); ``130`` when interrupted
+(Ctrl-C: one line, no traceback; a training run resumes from its last
+complete epoch).
 """
 
 import argparse
@@ -134,7 +137,8 @@ def main(argv=None):
         int. Exit status: 0 done, 1 some inputs skipped (``predict``), 2 a
         user error (printed as one message), 3 a lost worker of a cluster
         (``train``; run the same command again), 4 a disk full while a
-        file was written, 130 interrupted (Ctrl-C).
+        file was written, 5 training diverged (``train``, ``demo``), 130
+        interrupted (Ctrl-C).
     """
     try:
         return _main(argv)
