@@ -225,8 +225,13 @@ def test_fast_inference_equals_generic_and_sees_new_weights(dtype):
     fresh = tiny_segformer(num_classes=3, dtype=dtype)
     fresh.set_weights(model.get_weights())
     again, expected = _np(model(x, training=False)), _np(fresh(x))
-    assert np.abs(again - fast).max() > 1e-3
-    np.testing.assert_allclose(again, expected, atol=1e-6, rtol=0)
+    moved = np.abs(again - fast).max()
+    assert moved > 1e-3
+    # float32: the same numbers; bfloat16: TensorFlow's compiled and eager
+    # calls round a few logits one bfloat16 step apart (a stale weight
+    # copy would leave ``again`` where ``fast`` was).
+    tolerance = 1e-6 if dtype == "float32" else 0.05 * moved
+    np.testing.assert_allclose(again, expected, atol=tolerance, rtol=0)
 
 
 def test_global_mixed_policy(tmp_path):
