@@ -327,3 +327,18 @@ def test_argument_errors(per_pixel):
         Segmenter(per_pixel, batch_size=0)
     with pytest.raises(ValueError, match="logits of shape"):
         Segmenter(lambda x: x[..., 0]).predict_logits(IMAGE_B)
+
+
+def test_a_model_with_nan_weights_is_refused():
+    """A NaN model would predict one class everywhere without a word: the
+    Segmenter refuses it, naming the weight; finite weights pass."""
+    keras.utils.set_random_seed(2)
+    model = small_segformer()
+    Segmenter(model)  # finite: accepted
+    variable = model.get_layer("decode_head").classifier.kernel
+    value = keras.ops.convert_to_numpy(variable.value).copy()
+    value[0, 0] = np.nan
+    variable.assign(value)
+    with pytest.raises(ValueError, match="NaN or infinite weights") as err:
+        Segmenter(model)
+    assert variable.path in str(err.value)

@@ -7,6 +7,7 @@ around it (resizing, windows, averaging) is numpy, so the three backends
 differ only by the model's own float rounding.
 """
 
+import keras
 import numpy as np
 
 from keras_segformer.inference.processing import (
@@ -180,8 +181,9 @@ class Segmenter:
     Raises:
         ValueError: an unknown ``mode`` or ``merge``, window sizes missing
             or given for the wrong mode, a ``stride`` above ``crop_size``,
-            scales that are not positive, ``batch_size`` < 1, or a crop
-            smaller than the model's minimum input.
+            scales that are not positive, ``batch_size`` < 1, a crop
+            smaller than the model's minimum input, or a model with NaN or
+            infinite weights.
 
     Example:
     >>> segmenter = Segmenter(model, mode="slide", crop_size=1024,
@@ -224,6 +226,7 @@ class Segmenter:
             normalize = not getattr(backbone, "include_preprocessing", False)
         if size is not None and not isinstance(size, (int, np.integer)):
             size = _check_pair(size, "size")
+        _check_finite(model)
         self.model = model
         self.mode = mode
         self.size = size
@@ -449,3 +452,21 @@ class Segmenter:
         return out if is_batch else out[0]
 
     __call__ = predict_mask
+
+
+def _check_finite(model):
+    """A model with NaN or infinite weights predicts garbage (all one
+    class) without a word: refused, naming the weights."""
+    from keras_segformer.training.nonfinite import nonfinite_weights
+
+    if not isinstance(model, keras.Model):
+        return  # (a callable of the user's: its weights are not ours to read)
+    bad = nonfinite_weights(model)
+    if bad:
+        shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise ValueError(
+            f"`model` has NaN or infinite weights ({len(bad)} "
+            f"variable{'s' if len(bad) != 1 else ''}: {shown}); its "
+            "predictions would mean nothing. Load a checkpoint saved before "
+            "training diverged."
+        )
