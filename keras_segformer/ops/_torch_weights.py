@@ -56,29 +56,40 @@ def read(variable, dtype, plain):
     return value.to(dtype)
 
 
-# What is derived from a weight for inference (its copy in a lower compute
-# dtype, a padded kernel), kept while the stored tensor is unchanged: its
-# in-place version counter (an assignment, an optimizer step) or a new
-# tensor makes a new one. Only where no gradient is recorded (predict,
-# evaluate): a tensor made there may be an inference tensor, which autograd
-# cannot save. Without it a mixed_bfloat16 forward pass cast every kernel
-# again (~300 copies).
-_DERIVED = {}  # (id(tensor), tag) -> (weak reference, version, result)
+# What is derived from weights for inference (a weight's copy in a lower
+# compute dtype, a padded kernel, a layer's fused kernels), kept while what
+# it came from is unchanged: the same tensors at the same in-place version
+# counters (an assignment or an optimizer step moves them). Only where no
+# gradient is recorded (predict, evaluate): a tensor made there may be an
+# inference tensor, which autograd cannot save. Without it a
+# mixed_bfloat16 forward pass cast every kernel again (~300 copies).
+_KEPT = {}  # (id(owner), tag) -> (weak reference, state, result)
 
 
-def derived(value, tag, make):
-    key = (id(value), tag)
-    entry = _DERIVED.get(key)
-    # A tensor made in inference mode (a cached copy) has no version
+def _version(tensor):
+    # A tensor made in inference mode (a kept copy) has no version
     # counter; nothing here changes one in place.
-    version = None if value.is_inference() else value._version
-    if entry is not None and entry[0]() is value and entry[1] == version:
+    return None if tensor.is_inference() else tensor._version
+
+
+def _kept(owner, tag, state, make):
+    """``make()``, or its earlier result for ``owner`` and ``tag`` while
+    ``state`` is the same."""
+    key = (id(owner), tag)
+    entry = _KEPT.get(key)
+    if entry is not None and entry[0]() is owner and entry[1] == state:
         return entry[2]
     with torch.no_grad():
         result = make()
-    ref = weakref.ref(value, lambda _, key=key: _DERIVED.pop(key, None))
-    _DERIVED[key] = (ref, version, result)
+    ref = weakref.ref(owner, lambda _, key=key: _KEPT.pop(key, None))
+    _KEPT[key] = (ref, state, result)
     return result
+
+
+def derived(value, tag, make):
+    """``make()`` computed from the tensor ``value`` alone, kept while
+    ``value`` is unchanged."""
+    return _kept(value, tag, _version(value), make)
 
 
 def policy_of(layer):
@@ -127,15 +138,5 @@ def derived_weights(layer, make, key=None):
     values = [getattr(v, "_value", None) for v in layer.weights]
     if any(value is None for value in values):
         return make()
-    state = (key, tuple((id(v), v._version) for v in values))
-    slot = id(layer)
-    entry = _KEPT.get(slot)
-    if entry is not None and entry[0]() is layer and entry[1] == state:
-        return entry[2]
-    result = make()
-    ref = weakref.ref(layer, lambda _, slot=slot: _KEPT.pop(slot, None))
-    _KEPT[slot] = (ref, state, result)
-    return result
-
-
-_KEPT = {}  # id(layer) -> (weak reference, weight state, derived values)
+    state = tuple((id(v), _version(v)) for v in values)
+    return _kept(layer, ("derived_weights", key), state, make)
