@@ -78,10 +78,10 @@ def dense(layer, x):
         dtype == torch.float32
         and units % 16
         and x.numel() >= _PAD_FROM * x.shape[-1]
+        and not torch.is_grad_enabled()  # (a kept padded kernel)
     ):
-        if not torch.is_grad_enabled():  # (a cached padded kernel)
-            kernel, bias = derived(kernel, "padded", lambda: _pad(kernel, bias))
-            return F.linear(x, kernel, bias)[..., :units]
+        kernel, bias = derived(kernel, "padded", lambda: _pad(kernel, bias))
+        return F.linear(x, kernel, bias)[..., :units]
     return F.linear(x, kernel.T, bias)
 
 
