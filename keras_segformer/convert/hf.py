@@ -287,6 +287,16 @@ def read_config(path):
     Returns:
         dict.
     """
+    return read_json_object(
+        path,
+        "a transformers config.json is a JSON object (SegformerConfig fields).",
+    )
+
+
+def read_json_object(path, expected):
+    """The JSON object in ``path``; a ``CheckpointError`` naming the file
+    when it is not JSON, or holds another JSON type (``expected`` ends
+    that message)."""
     with open(path, "rb") as f:
         try:
             config = json.load(f)
@@ -294,8 +304,7 @@ def read_config(path):
             raise CheckpointError(f"Corrupt {path!r}: {e}") from None
     if not isinstance(config, dict):
         raise CheckpointError(
-            f"{path!r} holds a JSON {type(config).__name__}; a transformers "
-            "config.json is a JSON object (SegformerConfig fields)."
+            f"{path!r} holds a JSON {type(config).__name__}; {expected}"
         )
     return config
 

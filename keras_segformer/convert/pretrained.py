@@ -4,7 +4,6 @@ Resolves the argument to a local directory (``huggingface_hub`` downloads
 a Hub id) and loads it with the one loader, ``load_checkpoint``.
 """
 
-import json
 import numbers
 import os
 
@@ -72,17 +71,9 @@ def read_preprocessor_config(path):
         CheckpointError: not a JSON object, or a field of the wrong type,
             named with the file.
     """
-    try:
-        with open(path, "rb") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"Corrupt {path!r}: {e}") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(
-            f"{path!r} holds a JSON {type(config).__name__}; expected an "
-            "object (SegformerImageProcessor fields)."
-        )
-    config = dict(config)
+    config = hf.read_json_object(
+        path, "expected an object (SegformerImageProcessor fields)."
+    )
     for name in ("image_mean", "image_std"):
         value = config.get(name)
         if value is not None and not _numbers(value, 3):
