@@ -278,6 +278,22 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
+def test_demo_refuses_a_data_folder_it_did_not_generate(tmp_path, capsys):
+    # The generator removes the train_* / val_* files of its folders
+    # before it writes a split: `demo --out .` in a project whose
+    # data/images/train holds train_0001.jpg deleted the user's photo.
+    mine = tmp_path / "project" / "data" / "images" / "train" / "train_1.jpg"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"my photo")
+    for extra in ([], ["--overwrite"]):
+        rc = main(["demo", "--out", str(tmp_path / "project"), *extra])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert "train_1.jpg" in err and "classes.json" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert mine.read_bytes() == b"my photo"
+
+
 @pytest.mark.parametrize("hf_classes", [NUM_CLASSES, 7])
 def test_train_init_from_a_transformers_directory(
     shapes, tmp_path, capsys, hf_classes

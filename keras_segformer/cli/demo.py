@@ -131,6 +131,36 @@ def _write_overlays(args, model, images, names):
     return overlay_dir
 
 
+def _refuse_foreign_data(out):
+    """Refuse an ``--out`` whose ``data/`` holds files the generator would
+    replace but did not write (no ``data/classes.json``, its record).
+
+    ``synthetic.generate`` removes the ``train_*`` / ``val_*`` files of
+    its folders before it writes a split (an earlier, larger run's would
+    otherwise join it): in a folder of the user's own, their files.
+    """
+    data = os.path.join(out, "data")
+    if os.path.lexists(os.path.join(data, "classes.json")):
+        return
+    for split in ("train", "val"):
+        for kind in ("images", "masks"):
+            folder = os.path.join(data, kind, split)
+            if not os.path.isdir(folder):
+                continue
+            names = sorted(
+                n for n in os.listdir(folder) if n.startswith(split + "_")
+            )
+            if names:
+                raise ValueError(
+                    f"--out {out}: {folder} holds {names[0]}"
+                    f"{' ...' if len(names) > 1 else ''} ("
+                    f"{plural(len(names), 'file')}), not data the demo "
+                    f"generated (no {os.path.join(data, 'classes.json')}); "
+                    "the demo would replace them. Move them, or choose "
+                    "another --out."
+                )
+
+
 def run(args):
     import keras
 
@@ -142,6 +172,7 @@ def run(args):
     start = time.time()
     out = args.out
     output_folder(out)
+    _refuse_foreign_data(out)
     settings = _settings(args)
     if not args.overwrite:
         # Before the data is generated again: a run of other settings is
