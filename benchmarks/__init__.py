@@ -8,7 +8,10 @@ run of tiny models at 64x64 that checks the harness, not the speed. It is
 not part of the installed package.
 
 Modules: ``cases`` (rows, columns, model configs, inputs), ``workers``
-(the per-column jobs, each in a fresh process), ``reference`` (matmul
+(the per-column jobs, each in a fresh process), ``deploy`` (the
+deployed columns' export and runtime jobs), ``deploy_runs`` (their
+side in the parent), ``deploy_quality`` (mIoU of a trained model's
+artifacts), ``deploy_report`` (their tables), ``reference`` (matmul
 peak and FLOP count), ``probes`` (timing, memory and device helpers the
 workers share), ``machine`` (CPU, bf16 units, versions), ``runner``
 (worker processes and the run's plan), ``report`` (tables, notes, chart)
@@ -32,6 +35,19 @@ What is compared (the columns)
     bfloat16 matrix units (x86 ``avx512_bf16`` / ``amx_bf16``, Arm
     ``bf16``) the bf16 columns are not run and their cells say so
     (``--bf16-anyway`` runs them).
+    Deployed artifacts (``deploy``; inference cases only), each exported
+    in one worker and timed in a fresh one in its own runtime:
+    ``ours-onnx`` / ``ours-onnx-int8`` (``export_model(format="onnx")``,
+    ONNX Runtime), ``ours-litert`` / ``ours-litert-float16`` /
+    ``ours-litert-int8`` (``format="litert"`` at the case's fixed size,
+    LiteRT Interpreter, all cores, XNNPACK) and ``transformers-onnx``
+    (``torch.onnx.export`` of the transformers model, opset 17, ONNX
+    Runtime); ``--impls deployed`` names all six. Beside each: the share
+    of pixels whose argmax equals the float32 model's, and with
+    ``--quant-model`` / ``--quant-data`` the mIoU of each of our artifacts
+    of a trained model (``deploy_quality``). An exporter that lacks an
+    option (int8 ONNX before it exists) leaves "unavailable" and its
+    reason.
 
 What is measured (the rows)
     Cases are named ``[train-]<variant>-<H>x<W>-b<batch>``; variants are

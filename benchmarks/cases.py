@@ -26,6 +26,20 @@ DEFAULT_CASES = (
 )
 TRAIN_SIZE, TRAIN_BATCH = 512, 2
 QUICK_CASES = ("smoke-64x64-b1", "train-smoke-64x64-b1", OVERHEAD_CASE)
+# Deployed artifacts (benchmarks/deploy.py): column -> (whose model,
+# export format, quantization). Ours: keras_segformer.export.export_model
+# on TensorFlow; transformers: torch.onnx.export of its PyTorch model.
+# Inference cases only.
+DEPLOYED = {
+    "ours-onnx": ("ours", "onnx", None),
+    "ours-onnx-int8": ("ours", "onnx", "int8"),
+    "ours-litert": ("ours", "litert", None),
+    "ours-litert-float16": ("ours", "litert", "float16"),
+    "ours-litert-int8": ("ours", "litert", "int8"),
+    "transformers-onnx": ("transformers", "onnx", None),
+}
+# ``--impls deployed``: every column of DEPLOYED.
+DEPLOYED_GROUP = "deployed"
 DEFAULT_IMPLS = (
     "ours-tensorflow",
     "ours-jax",
@@ -34,6 +48,7 @@ DEFAULT_IMPLS = (
     "keras-hub",
     "ours-bf16",
     "transformers-bf16",
+    *DEPLOYED,
 )
 
 _STAGES = {
@@ -133,12 +148,16 @@ class Column:
     """
 
     spec: str
-    kind: str  # "ours", "transformers" or "keras-hub"
+    kind: str  # "ours", "transformers", "keras-hub" or "deployed"
     backend: str | None
     bf16: bool = False
+    # Deployed columns: (whose model, format, quantization) of DEPLOYED.
+    artifact: tuple | None = None
 
     @property
     def name(self):
+        if self.kind == "deployed":
+            return self.spec
         backend = self.backend or "auto"
         if self.kind == "transformers":
             return "transformers-bf16" if self.bf16 else "transformers"
@@ -158,12 +177,27 @@ def column_names():
         + [f"keras-hub-{b}" for b in BACKENDS]
         + ["ours-bf16"]
         + [f"ours-{b}-bf16" for b in BACKENDS]
+        + list(DEPLOYED)
+        + [DEPLOYED_GROUP]
     )
+
+
+def expand_impls(specs):
+    """``--impls`` entries with ``deployed`` replaced by its columns."""
+    out = []
+    for spec in specs:
+        out += list(DEPLOYED) if spec == DEPLOYED_GROUP else [spec]
+    return out
 
 
 def parse_column(spec, hub_backend=None, bf16_backend=None):
     """An ``--impls`` entry -> ``Column``."""
     spec = spec.strip()
+    if spec in DEPLOYED:
+        source = DEPLOYED[spec][0]
+        # The backend of the export worker.
+        backend = "torch" if source == "transformers" else "tensorflow"
+        return Column(spec, "deployed", backend, artifact=DEPLOYED[spec])
     if spec in ("transformers", "transformers-bf16"):
         return Column(spec, "transformers", "torch", bf16=spec.endswith("16"))
     if spec == "keras-hub":

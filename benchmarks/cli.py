@@ -19,7 +19,9 @@ def _impls_help():
         ", ".join(f"ours-{b}" for b in BACKENDS)
         + ", transformers, transformers-bf16 (torch.autocast bfloat16), "
         "keras-hub (fastest backend) or keras-hub-<backend>, ours-bf16 "
-        "(its fastest backend) or ours-<backend>-bf16"
+        "(its fastest backend) or ours-<backend>-bf16, deployed artifacts "
+        "ours-onnx, ours-onnx-int8, ours-litert, ours-litert-float16, "
+        "ours-litert-int8, transformers-onnx (or all six: deployed)"
     )
 
 
@@ -106,6 +108,26 @@ def _add_timing(parser):
         type=int,
         help="side of the matmul peak measurement (default 2048, GPU "
         "8192; quick 256)",
+    )
+    parser.add_argument(
+        "--quant-model",
+        help="a trained .keras model: each of our deployed columns also "
+        "exports it and reports the artifact's mIoU beside the float32 "
+        "model's on --quant-data (e.g. make demo's model)",
+    )
+    parser.add_argument(
+        "--quant-data",
+        help="the data of --quant-model: images/ and masks/ paired by name "
+        "(with train/ and val/: scored on val/, int8 calibrated on 8 "
+        "train/ images)",
+    )
+    parser.add_argument(
+        "--keep-artifacts",
+        action="store_true",
+        help="keep the deployed columns' artifacts (ONNX, TFLite) under "
+        "OUT/artifacts (default: removed once timed); a later run into the "
+        "same --out with this option reuses them instead of exporting "
+        "again (their export figures are the first run's)",
     )
     parser.add_argument(
         "--timeout",

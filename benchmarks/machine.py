@@ -9,6 +9,9 @@ import re
 # CPU flags (/proc/cpuinfo) of bfloat16 matrix instructions: x86 AVX-512
 # BF16 and AMX-BF16 (``flags``), Arm BF16 (BFMMLA, ``Features``).
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+# int8 dot-product instructions (x86 VNNI, AMX-INT8; Arm SDOT / I8MM),
+# which int8 artifacts run on.
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 NO_BF16_UNITS = "no bf16 units on this CPU"
 VERSIONED = (
     "keras-segformer",
@@ -19,6 +22,10 @@ VERSIONED = (
     "torch",
     "transformers",
     "keras-hub",
+    "onnxruntime",
+    "onnx",
+    "tf2onnx",
+    "ai-edge-litert",
     "numpy",
     "matplotlib",
 )
@@ -79,7 +86,7 @@ def machine_info():
         models = re.findall(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
         if models:
             info["cpu_model"] = models[0].strip()
-        wanted = ("avx2", "fma", "avx512f") + BF16_FLAGS
+        wanted = ("avx2", "fma", "avx512f") + BF16_FLAGS + INT8_FLAGS
         present = cpu_flags(cpuinfo)
         info["cpu_flags"] = [f for f in wanted if f in present]
     info["bf16_units"] = bf16_units(cpuinfo)

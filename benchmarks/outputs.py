@@ -62,6 +62,8 @@ def draw_chart(path, cases, columns, values):
     fig, ax = plt.subplots(
         figsize=(max(8, 1.3 * len(cases) * len(columns) / 2), 5)
     )
+    # More bars than the default 10 colours: tab20's.
+    colors = plt.cm.tab20.colors if len(columns) > 10 else [None] * 10
     for j, column in enumerate(columns):
         xs, heights, low, high = [], [], [], []
         for i, case in enumerate(cases):
@@ -72,7 +74,13 @@ def draw_chart(path, cases, columns, values):
                 low.append(median - q1)
                 high.append(q3 - median)
         bars = ax.bar(
-            xs, heights, width, yerr=[low, high], label=column, capsize=2
+            xs,
+            heights,
+            width,
+            yerr=[low, high],
+            label=column,
+            capsize=2,
+            color=colors[j % len(colors)],
         )
         ax.bar_label(bars, fmt="%.0f", fontsize="x-small", padding=2)
     positive = [v[0] for v in values.values() if v[0] > 0]
@@ -115,6 +123,9 @@ def _options(bench):
         "timeout_s": args.timeout,
         "device": bench.device,
         "bf16_anyway": bool(getattr(args, "bf16_anyway", False)),
+        "quant_model": getattr(args, "quant_model", None),
+        "quant_data": getattr(args, "quant_data", None),
+        "keep_artifacts": bool(getattr(args, "keep_artifacts", False)),
     }
 
 
@@ -152,6 +163,11 @@ def write(bench, final=True):
         "peak": bench.peak,
         "peak_reference": dict(zip(("name", "gflops"), bench.peak_reference())),
         "backend_choices": bench.choices,
+        "quality": {
+            "model": bench.quant[0] if bench.quant else None,
+            "data": bench.quant[1] if bench.quant else None,
+            "results": bench.quality,
+        },
         "results": bench.results,
         "chart": chart,
         "table": text,

@@ -14,7 +14,17 @@ import traceback
 from benchmarks.turns import BLOCK_S, Turns
 
 # Libraries whose absence makes a column "not installed" (not "error").
-PEER_PACKAGES = {"tensorflow", "jax", "torch", "transformers", "keras_hub"}
+PEER_PACKAGES = {
+    "tensorflow",
+    "jax",
+    "torch",
+    "transformers",
+    "keras_hub",
+    "onnxruntime",
+    "onnx",
+    "tf2onnx",
+    "onnxscript",
+}
 
 
 def summarize(times_s, warmup):

@@ -1,6 +1,14 @@
 """What a run writes: the text and Markdown tables with their notes, the
 JSON of every raw figure, and the chart (matplotlib)."""
 
+from benchmarks.deploy_report import (
+    DEPLOYED_HEADER,
+    QUALITY_HEADER,
+    deployed_note,
+    deployed_rows,
+    quality_rows,
+    quality_title,
+)
 from benchmarks.machine import NO_BF16_UNITS
 from benchmarks.probes import short_error
 from benchmarks.reference import FLOP_CONVENTION, PEAK_KEYS
@@ -105,6 +113,8 @@ def metric_rows(bench, case):
         rows += ["predict ms", "model(x) ms (vs tr.)"]
     elif not case.train:
         rows.append("predict_on_batch ms")
+    if not case.train and any(c.kind == "deployed" for c in bench.columns):
+        rows.append("argmax = float32")
     if bench.device == "gpu":
         rows.append("GPU peak MB")
     return rows
@@ -140,6 +150,7 @@ def _cell_lines(bench, column, case):
     if call != "-" and "call_vs_transformers" in r:
         call += f" ({_ratio(r, 'call_vs_transformers', mark='bf16')})"
     device_mb = r.get("device_peak_mb")
+    agree = r.get("argmax_agreement")
     values = {
         "median ms [IQR]": f"{_ms(s['median_ms'])} "
         f"[{_ms(s['q1_ms'])}-{_ms(s['q3_ms'])}]",
@@ -152,6 +163,7 @@ def _cell_lines(bench, column, case):
         "predict_on_batch ms": figure("predict_on_batch"),
         "model(x) ms (vs tr.)": call,
         "GPU peak MB": "-" if device_mb is None else f"{device_mb:.0f}",
+        "argmax = float32": "-" if agree is None else f"{100 * agree:.2f}%",
     }
     return [values[row] for row in rows]
 
@@ -299,9 +311,10 @@ def _status_notes(bench):
             )
     for r in bench.results:
         if r["status"] not in ("ok", NO_BF16_UNITS):
+            log = f" (log: {r['log']})" if "log" in r else ""
             notes.append(
                 f"{r['impl']} / {r['case']}: {r['status']}: "
-                f"{short_error(r.get('error', ''))} (log: {r['log']})"
+                f"{short_error(r.get('error', ''))}{log}"
             )
     return notes
 
@@ -311,6 +324,7 @@ def notes(bench, markdown=False):
     lines = (
         _timing_notes(bench)
         + _bf16_note(bench)
+        + deployed_note(bench)
         + _context_notes(bench)
         + _status_notes(bench)
     )
@@ -395,6 +409,13 @@ def render_text(bench):
             f"{bench.bf16_units['text']})",
         ]
         lines += _format_grid([BF16_HEADER] + bf16)
+    deployed = deployed_rows(bench)
+    if deployed:
+        lines += ["", "deployed artifacts (same weights, same inputs)"]
+        lines += _format_grid([DEPLOYED_HEADER] + deployed)
+    if bench.quality:
+        lines += ["", quality_title(bench)]
+        lines += _format_grid([QUALITY_HEADER] + quality_rows(bench))
     lines += [""] + notes(bench)
     return "\n".join(lines) + "\n"
 
@@ -412,6 +433,8 @@ def _markdown_cell(r):
         extra.append(f"model(x) {_ms(call['median_ms'])} ms")
     if "share_of_peak" in r:
         extra.append(f"{100 * r['share_of_peak']:.1f}% peak")
+    if "runtime" in r and "argmax_agreement" in r:  # a deployed column
+        extra.append(f"argmax = f32 {100 * r['argmax_agreement']:.2f}%")
     if r.get("device_peak_mb") is not None:
         extra.append(f"GPU {r['device_peak_mb']:.0f} MB")
     else:
@@ -441,5 +464,24 @@ def render_markdown(bench):
             "|" + "|".join(["---"] * 2 + ["---:"] * 5) + "|",
         ]
         lines += ["| " + " | ".join(row) + " |" for row in bf16]
+    deployed = deployed_rows(bench)
+    if deployed:
+        lines += [
+            "",
+            "Deployed artifacts (same weights, same inputs):",
+            "",
+            "| " + " | ".join(DEPLOYED_HEADER) + " |",
+            "|" + "|".join(["---"] * 2 + ["---:"] * 7 + ["---"]) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in deployed]
+    if bench.quality:
+        lines += [
+            "",
+            quality_title(bench)[0].upper() + quality_title(bench)[1:] + ":",
+            "",
+            "| " + " | ".join(QUALITY_HEADER) + " |",
+            "|" + "|".join(["---"] + ["---:"] * 4 + ["---"]) + "|",
+        ]
+        lines += ["| " + " | ".join(r) + " |" for r in quality_rows(bench)]
     lines += [""] + notes(bench, markdown=True)
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ import dataclasses
 import datetime
 import os
 
-from benchmarks import outputs, report
+from benchmarks import deploy_runs, outputs, report
 from benchmarks.cases import (
     BACKENDS,
     DEFAULT_IMPLS,
@@ -14,6 +14,7 @@ from benchmarks.cases import (
     NUM_CLASSES,
     SEED,
     default_case_names,
+    expand_impls,
     model_config,
     parse_case,
     parse_column,
@@ -77,7 +78,7 @@ class Benchmark:
         _unique([c.name for c in self.cases], "cases", "case")
         self.columns = [
             parse_column(s, args.hub_backend, args.bf16_backend)
-            for s in split(args.impls) or DEFAULT_IMPLS
+            for s in expand_impls(split(args.impls)) or DEFAULT_IMPLS
         ]
         _unique([c.spec for c in self.columns], "impls", "implementation")
         self.warmup = args.warmup
@@ -95,6 +96,8 @@ class Benchmark:
             args, "bf16_anyway", False
         )
         self.configs = {c.variant: model_config(c.variant) for c in self.cases}
+        self.quant = deploy_runs.check_quant(args)
+        self.quality = {}  # deployed column -> its scores on quant data
         self.results = []  # one dict per worker run (or skipped cell)
         self.choices = {}  # column spec -> how its backend was chosen
 
@@ -102,16 +105,19 @@ class Benchmark:
 
     def _count_workers(self):
         total = 1  # the reference job: matmul peak and FLOP count
-        for i in range(len(self.cases)):
+        for i, case in enumerate(self.cases):
             for col in self.columns:
                 if col.bf16 and self.skip_bf16:
+                    continue
+                if col.kind == "deployed":  # export, then runtime
+                    total += 0 if case.train else 2
                     continue
                 # keras-hub and ours-bf16 without a backend try each one
                 auto = col.backend is None
                 total += len(BACKENDS) if auto and i == 0 else 1
-        return total
+        return total + len(deploy_runs.quality_columns(self))
 
-    def _model_spec(self, column, backend, case):
+    def model_spec(self, column, backend, case):
         return {
             "job": "model",
             "kind": column.kind,
@@ -126,7 +132,7 @@ class Benchmark:
             "seed": SEED,
         }
 
-    def _keep(self, result, column, backend, case, candidate=False):
+    def keep(self, result, column, backend, case, candidate=False):
         name = dataclasses.replace(column, backend=backend).name
         result.update(
             column=column.spec,
@@ -142,15 +148,15 @@ class Benchmark:
     def _run_model(self, column, backend, case, candidate=False):
         name = dataclasses.replace(column, backend=backend).name
         result = self.runner.run(
-            self._model_spec(column, backend, case),
+            self.model_spec(column, backend, case),
             f"{name}__{case.name}",
             backend=backend,
         )
-        self._keep(result, column, backend, case, candidate)
+        self.keep(result, column, backend, case, candidate)
         self.runner.progress(f"{name:<22} {case.name:<22} {describe(result)}")
         # What has run so far, so that a run stopped early (a time limit,
         # Ctrl-C) still leaves its figures.
-        self._report(final=False)
+        self.report(final=False)
         return result
 
     def _interleaved(self, case, order):
@@ -167,7 +173,9 @@ class Benchmark:
         columns = [
             c
             for c in order
-            if c.backend is not None and not (c.bf16 and self.skip_bf16)
+            if c.backend is not None
+            and not (c.bf16 and self.skip_bf16)
+            and c.kind != "deployed"  # two processes, one after the other
         ]
         return columns if len(columns) > 1 else []
 
@@ -177,7 +185,7 @@ class Benchmark:
         ]
         jobs = [
             (
-                self._model_spec(c, c.backend, case),
+                self.model_spec(c, c.backend, case),
                 f"{name}__{case.name}",
                 c.backend,
             )
@@ -190,11 +198,11 @@ class Benchmark:
         for column, name, result in zip(
             columns, names, self.runner.run_together(jobs)
         ):
-            self._keep(result, column, column.backend, case)
+            self.keep(result, column, column.backend, case)
             self.runner.progress(
                 f"{name:<22} {case.name:<22} {describe(result)}"
             )
-        self._report(final=False)
+        self.report(final=False)
 
     def _skip_bf16(self, column, case):
         """A bf16 cell on a CPU without bf16 units: no worker, no figure."""
@@ -203,9 +211,9 @@ class Benchmark:
             "error": f"{NO_BF16_UNITS} (CPU flags: none of avx512_bf16, "
             "amx_bf16, bf16); --bf16-anyway runs it",
         }
-        self._keep(result, column, column.backend, case)
+        self.keep(result, column, column.backend, case)
 
-    def _report(self, final):
+    def report(self, final):
         """Close the figures at this point and write the outputs."""
         self.machine["load_average_end"] = load_average()
         self.finished = datetime.datetime.now().astimezone()
@@ -309,13 +317,17 @@ class Benchmark:
             for column in order:
                 if column in together:
                     continue
-                if column.bf16 and self.skip_bf16:
+                if column.kind == "deployed":
+                    if not case.train:  # inference only
+                        deploy_runs.run_deployed(self, column, case)
+                elif column.bf16 and self.skip_bf16:
                     self._skip_bf16(column, case)
                 elif column.backend is None:
                     self._choose_fastest(column, case)
                 else:
                     self._run_model(column, column.backend, case)
-        return self._report(final=True)
+        deploy_runs.run_quality(self)
+        return self.report(final=True)
 
     # -- figures
 

@@ -301,9 +301,17 @@ def model_job(spec):
 
 def worker_main(spec):
     """Run one job and write its result (JSON) to ``spec["result"]``."""
+    from benchmarks.deploy import Unavailable, export_job, runtime_job
+    from benchmarks.deploy_quality import quality_job
     from benchmarks.reference import reference_job
 
-    jobs = {"model": model_job, "reference": reference_job}
+    jobs = {
+        "model": model_job,
+        "reference": reference_job,
+        "export": export_job,
+        "runtime": runtime_job,
+        "quality": quality_job,
+    }
     turns = Turns.from_spec(spec)
     if turns is not None:
         turns.wait()  # the worker runs only while it holds the baton
@@ -311,6 +319,8 @@ def worker_main(spec):
         out = jobs[spec["job"]](spec)
         out["status"] = "ok"
         out["interleaved"] = turns is not None
+    except Unavailable as e:
+        out = {"status": "unavailable", "error": str(e)}
     except Exception as e:
         out = probes.failure(e)
     finally:

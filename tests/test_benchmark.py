@@ -710,3 +710,150 @@ def test_bf16_agreement_tool(tmp_path):
     missing = run("--images", str(tmp_path / "none"))
     assert missing.returncode != 0
     assert "--images: no folder" in missing.stderr
+
+
+# ---------------------------------------------------------------------------
+# Deployed artifacts (benchmarks/deploy.py): ONNX Runtime, LiteRT
+
+
+@pytest.fixture(scope="module")
+def deployed_run(tmp_path_factory):
+    """A --quick run of every deployed column beside transformers, on the
+    smoke case and a training case (where they have no cell)."""
+    out = tmp_path_factory.mktemp("deployed")
+    report = _run(
+        out,
+        [
+            "--quick",
+            "--impls",
+            "transformers,deployed",
+            "--cases",
+            "smoke-64x64-b2,train-smoke-64x64-b1",
+        ],
+    )
+    return out, report
+
+
+def test_deployed_columns(deployed_run):
+    out, report = deployed_run
+    assert report["options"]["columns"] == [
+        "transformers",
+        *cases.DEPLOYED,
+    ]
+    results = {r["impl"]: r for r in report["results"]}
+    assert {r["case"] for r in report["results"]} == {
+        "smoke-64x64-b2",
+        "train-smoke-64x64-b1",
+    }
+    # Inference only: no deployed cell on the training case.
+    assert set(results) == {"transformers", *cases.DEPLOYED}
+    for name, (source, format, quantization) in cases.DEPLOYED.items():
+        r = results[name]
+        assert r["case"] == "smoke-64x64-b2"
+        if r["status"] == "unavailable":
+            # An exporter without this option says why, in one line.
+            assert quantization and r["error"], r
+            continue
+        assert r["status"] == "ok", (name, r.get("error"))
+        assert r["format"] == format
+        assert r["dtype"] == (quantization or "float32")
+        name_, stats = primary_figure(r)
+        assert name_ == "run" and stats["median_ms"] > 0
+        assert r["time_vs_transformers"] > 0
+        assert r["export"]["export_s"] > 0 and r["export"]["artifact_mb"] > 0
+        expected = [2, 150, 16, 16] if source == "transformers" else None
+        assert r["output_shape"] == (expected or [2, 16, 16, 150])
+        assert 0 <= r["argmax_agreement"] <= 1
+        if quantization is None:
+            # The float32 artifact computes the float32 model's logits.
+            assert r["max_abs_logit_diff"] < 1e-3 * max(
+                1.0, 10 * r["reference_logit_std"]
+            )
+            assert r["argmax_agreement"] > 0.99
+        if quantization == "int8":
+            assert "8 smooth 64x64" in r["export"]["calibration"]
+    # The artifacts are removed once timed.
+    assert not os.listdir(out / "artifacts")
+
+    text = report["table"]
+    assert "deployed artifacts (same weights, same inputs)" in text
+    deployed = text.split("deployed artifacts (same weights")[1]
+    for name in cases.DEPLOYED:
+        assert f" {name} " in deployed
+        assert name in text.splitlines()[2]  # a column of the main table
+    assert "argmax = float32" in text
+    markdown = (out / "benchmark.md").read_text()
+    assert "Deployed artifacts" in markdown
+    assert "`ours-litert-int8`" in markdown.splitlines()[0]
+    assert report["machine"]["versions"]["onnxruntime"]
+
+
+def test_deployed_columns_parse_and_refuse():
+    column = cases.parse_column("ours-onnx-int8")
+    assert column.kind == "deployed" and column.name == "ours-onnx-int8"
+    assert column.artifact == ("ours", "onnx", "int8")
+    assert column.backend == "tensorflow"
+    assert cases.parse_column("transformers-onnx").backend == "torch"
+    assert cases.expand_impls(["transformers", "deployed"]) == [
+        "transformers",
+        *cases.DEPLOYED,
+    ]
+    assert set(cases.DEPLOYED) <= set(cases.DEFAULT_IMPLS)
+    parser = cli.add_arguments(argparse.ArgumentParser())
+    for argv, message in (
+        (["--quant-model", "m.keras"], "go together"),
+        (["--quant-model", "/nope.keras", "--quant-data", "/"], "no file"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Benchmark(parser.parse_args(argv), cpu_bf16=WITH_UNITS)
+
+
+def test_deployed_quality_on_a_trained_model(tmp_path):
+    """--quant-model / --quant-data: an artifact of a model scored like
+    the Keras model, on the same images."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks import deploy_quality
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for kind in ("images", "masks"):
+            (tmp_path / "data" / kind / split).mkdir(parents=True)
+        for i in range(3):
+            image = rng.integers(0, 255, (64, 64, 3), np.uint8)
+            mask = np.zeros((64, 64), np.uint8)
+            mask[:, 32:] = 1
+            Image.fromarray(image).save(
+                tmp_path / "data" / "images" / split / f"{i}.png"
+            )
+            Image.fromarray(mask).save(
+                tmp_path / "data" / "masks" / split / f"{i}.png"
+            )
+    images, masks, calibration = deploy_quality.data_split(
+        str(tmp_path / "data")
+    )
+    assert images.endswith(os.path.join("images", "val"))
+    assert len(calibration) == 3 and "train" in calibration[0]
+
+    import keras_segformer
+
+    config = cases.model_config("smoke")
+    model = keras_segformer.build_segformer(
+        2,
+        decoder_hidden_size=config.pop("decoder_hidden_size"),
+        **config,
+    )
+    model.save(tmp_path / "model.keras")
+    result = deploy_quality.quality_job(
+        {
+            "artifact": ["ours", "litert", "int8"],
+            "artifact_path": str(tmp_path / "model.tflite"),
+            "quant_model": str(tmp_path / "model.keras"),
+            "quant_data": str(tmp_path / "data"),
+        }
+    )
+    assert result["images"] == 3 and result["input_size"] == [64, 64]
+    assert 0 <= result["miou"] <= 1 and 0 <= result["miou_float32"] <= 1
+    assert 0 < result["argmax_agreement"] <= 1
+    assert "3 images of" in result["calibration"]
