@@ -220,7 +220,9 @@ def write_onnx(fn, path, opset=ONNX_OPSET):
     """Convert ``fn`` to ONNX with tf2onnx.
 
     Input ``images`` and output ``logits`` (or ``mask``) keep the
-    signature's names; dynamic dimensions stay dynamic.
+    signature's names; dynamic dimensions stay dynamic. Layer norms,
+    ``Dense`` layers on maps and exact GELUs are written as the ONNX ops
+    ONNX Runtime runs as one kernel each (``export.onnx_graph``).
 
     Args:
         fn: ``tf.function`` from ``serving_function``.
@@ -237,6 +239,8 @@ def write_onnx(fn, path, opset=ONNX_OPSET):
         ) from e
     from tf2onnx import constants
 
+    from keras_segformer.export import onnx_graph
+
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     # tf2onnx deep-copies the whole graph before each optimizer pass so it
     # can skip a failing one; that is most of its run time. Let failures
@@ -251,6 +255,7 @@ def write_onnx(fn, path, opset=ONNX_OPSET):
                 input_signature=fn.input_signature,
                 opset=opset,
                 custom_op_handlers={"Erfc": (_erfc_handler, [])},
+                custom_rewriter=list(onnx_graph.REWRITERS),
             )
     finally:
         if catch_errors is None:
