@@ -13,6 +13,11 @@ masks, overlays, exports, conversions, demo data) goes through
   included, and never writes through it: a link planted where a file is
   written is replaced by the file and its target is not touched. An entry
   left at the temporary name (a link too) is removed before the write;
+- a file of a run read back on resume (``read_own``, ``refuse_link``:
+  ``run.json``, a backup, ``model.keras``) is never read through a link:
+  a link there is refused (``LinkError``, naming it), as it would be
+  replaced, not written through (the training log's link is not read
+  either, and is replaced at its first write);
 - a write that fails for lack of space (``ENOSPC``, ``EDQUOT``, ``EFBIG``,
   or HDF5's wording of them) raises ``DiskFullError``: one line naming the
   file, with nothing half written.
@@ -54,6 +59,51 @@ class DiskFullError(OSError):
 
     def __str__(self):
         return str(self.args[0]) if self.args else ""
+
+
+class LinkError(ValueError):
+    """A file the package wrote and reads back is a symbolic link: it was
+    planted (the package never makes one) and is not followed."""
+
+
+def refuse_link(path):
+    """Raise ``LinkError`` where ``path`` is a symbolic link.
+
+    Args:
+        path: str or path-like. A file the package wrote and now reads.
+    """
+    if os.path.islink(path):
+        raise LinkError(
+            f"{os.fspath(path)} is a symbolic link, not a file this package "
+            "wrote (it never makes one): not read. Remove the link."
+        )
+
+
+def read_own(path, binary=False):
+    """The content of a file the package wrote, or None where there is
+    none; a symbolic link there is refused, never followed (``O_NOFOLLOW``
+    where the system has it, so a link planted after the check is not
+    followed either).
+
+    Args:
+        path: str or path-like.
+        binary: bool. Bytes instead of text.
+
+    Raises:
+        LinkError: ``path`` is a symbolic link.
+    """
+    refuse_link(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a link planted since the check
+            refuse_link(path)
+        raise
+    with open(fd, "rb" if binary else "r", newline=None if binary else "") as f:
+        return f.read()
 
 
 def temporary_path(path):

@@ -19,6 +19,8 @@ from keras_segformer.io_atomic import (
     disk_full_error,
     hdf5_in_memory,
     no_space,
+    read_own,
+    refuse_link,
     temporary_path,
     write_atomic,
     write_text,
@@ -30,11 +32,10 @@ _STATE_WEIGHTS = re.compile(r"state-\d+\.weights\.h5")
 
 
 def _read_json(path):
-    """The JSON object in ``path``, or None when there is no such file."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
+    """The JSON object in ``path``, or None when there is no such file; a
+    link there is refused, never read (``io_atomic.read_own``)."""
+    text = read_own(path)
+    if text is None:
         return None
     try:
         return json.loads(text)
@@ -128,7 +129,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             [state["previous"]] if state["previous"] else []
         )
         for i, entry in enumerate(candidates):
-            path = os.path.join(self.restore_dir, entry["weights"])
+            name = str(entry.get("weights"))
+            path = os.path.join(self.restore_dir, name)
+            if not _STATE_WEIGHTS.fullmatch(name):
+                raise ValueError(
+                    f"{os.path.join(self.restore_dir, self.STATE)} names "
+                    f"{name!r}, not a state this callback writes "
+                    "(state-NNN.weights.h5): not read."
+                )
+            refuse_link(path)  # the backup's own file, never a link
             try:
                 self.model.load_weights(path)
             except OSError as e:
@@ -184,6 +193,11 @@ class EpochLog(keras.callbacks.CSVLogger):
         super().__init__(filename, separator=separator, append=True)
 
     def on_train_begin(self, logs=None):
+        if os.path.islink(self.filename):
+            # Not the run's log (it never makes a link): not read, and
+            # replaced at the first epoch end (io_atomic).
+            self.keys, self._rows = [], {}
+            return
         self.keys, self._rows = read_log(self.filename, self.sep)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -214,14 +228,18 @@ class EpochLog(keras.callbacks.CSVLogger):
 def read_log(path, separator=","):
     """Columns (less ``epoch``) and rows by epoch of a ``log.csv``; rows
     without an integer epoch (half a row appended by Keras' logger) are
-    dropped."""
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f, delimiter=separator)
-            rows = list(reader)
-            fields = list(reader.fieldnames or [])
-    except FileNotFoundError:
+    dropped.
+
+    Raises:
+        LinkError: ``path`` is a symbolic link (never read:
+            ``io_atomic.read_own``).
+    """
+    text = read_own(path)
+    if text is None:
         return [], {}
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
+    rows = list(reader)
+    fields = list(reader.fieldnames or [])
     by_epoch = {}
     for row in rows:
         try:

@@ -5,15 +5,14 @@ into place (``keras_segformer.io_atomic``): a kill at any instant leaves
 complete files only, and a link planted at a file's name is replaced, not
 written through. ``AtomicModelCheckpoint``, ``AtomicBackupAndRestore``,
 ``EpochLog``: Keras' callbacks made atomic (``callbacks.py``, imported
-here too); ``check_run`` reads a run
-folder; ``clear_run`` removes the files a run wrote (``run_files``), no
+here too); ``check_run`` reads a run folder; ``clear_run`` removes the
+files a run wrote (listed in its ``run.json``: ``run_manifest``), no
 others.
 """
 
 import dataclasses
 import json
 import os
-import re
 
 # The one writer of the package; its names are re-exported here.
 from keras_segformer.io_atomic import (  # noqa: F401
@@ -39,37 +38,26 @@ from keras_segformer.training.callbacks import (  # noqa: F401
     read_log,
 )
 
-FINAL_MODEL = "model.keras"
-RUN_FILE = "run.json"
-LOG_FILE = "log.csv"
-CHECKPOINTS = "checkpoints"
-BACKUP = "backup"
-TENSORBOARD = "tensorboard"
-# What a run writes in its folder (and all that `overwrite` removes), the
-# run file first: once it is gone the folder holds no run.
-RUN_ENTRIES = (
-    RUN_FILE,
+# The run's file names and its list of what it wrote, in their own module.
+from keras_segformer.training.run_manifest import (  # noqa: F401
+    _RUN_FOLDERS,
+    BACKUP,
+    CHECKPOINTS,
     FINAL_MODEL,
     LOG_FILE,
-    CHECKPOINTS,
-    BACKUP,
+    RUN_ENTRIES,
+    RUN_FILE,
+    RUN_PATTERN,
     TENSORBOARD,
+    _inside,
+    _join,
+    forget_files,
+    legacy_manifest,
+    record_files,
+    run_files,
+    run_folders,
 )
-# The files a run writes (relative to its folder, `/`-separated): all
-# that `overwrite` removes. The folders it makes, the deepest first.
-RUN_PATTERN = re.compile(
-    r"run\.json|model\.keras|log\.csv"
-    r"|checkpoints/epoch-\d+\.weights\.h5"
-    r"|backup/state-\d+\.weights\.h5|backup/state\.json"
-    r"|tensorboard/(train|validation)/events\.out\.tfevents\.[^/]+"
-)
-_RUN_FOLDERS = (
-    f"{TENSORBOARD}/train",
-    f"{TENSORBOARD}/validation",
-    TENSORBOARD,
-    CHECKPOINTS,
-    BACKUP,
-)
+
 # Temporary names: `.epoch-003.tmp-<pid>.weights.h5` (io_atomic).
 _TMP = TMP_MARK
 
@@ -181,28 +169,6 @@ def check_run(out_dir, *, epochs, settings=None):
     return status
 
 
-def run_files(out_dir):
-    """The files the run in ``out_dir`` wrote, by the names a run gives
-    them (``RUN_PATTERN``; temporaries included), as paths relative to
-    ``out_dir``; ``run.json`` last. Other files, in the run's folders
-    too, are not the run's."""
-    out_dir = os.fspath(out_dir)
-    found = []
-    for folder in ("", *_RUN_FOLDERS):
-        path = os.path.join(out_dir, folder)
-        if not os.path.isdir(path) or os.path.islink(path):
-            continue
-        for name in sorted(os.listdir(path)):
-            relative = f"{folder}/{name}" if folder else name
-            entry = os.path.join(path, name)
-            if os.path.isdir(entry) and not os.path.islink(entry):
-                continue
-            if RUN_PATTERN.fullmatch(relative) or is_temporary(name):
-                found.append(relative)
-    found.sort(key=lambda relative: relative == RUN_FILE)
-    return found
-
-
 def check_overwrite(out_dir, settings=None):
     """Check that ``overwrite`` may clear ``out_dir`` (``clear_run``).
 
@@ -257,13 +223,14 @@ def clear_run(out_dir, settings=None):
     out_dir = os.fspath(out_dir)
     if not check_overwrite(out_dir, settings):
         return
-    for relative in run_files(out_dir):
-        _remove(os.path.join(out_dir, relative))
-        if relative == RUN_FILE:
-            break
-    for folder in _RUN_FOLDERS:  # the deepest first
+    folders = run_folders(out_dir)
+    for relative in run_files(out_dir):  # run.json last
+        _remove(_join(out_dir, relative))
+    for folder in folders:  # the deepest first
+        if not _inside(out_dir, f"{folder}/x"):
+            continue  # a link: not a folder the run made
         try:
-            os.rmdir(os.path.join(out_dir, folder))
+            os.rmdir(_join(out_dir, folder))
         except OSError:
             pass  # not there, or it holds files that are not the run's
 
@@ -272,13 +239,15 @@ def remove_backup(out_dir):
     """Remove the backup states of the run in ``out_dir`` (the run's files
     in ``backup/`` only; the folder too where it is left empty)."""
     backup = os.path.join(os.fspath(out_dir), BACKUP)
-    for relative in run_files(out_dir):
-        if relative.startswith(f"{BACKUP}/"):
-            _remove(os.path.join(out_dir, relative))
-    try:
-        os.rmdir(backup)
-    except OSError:
-        pass
+    removed = [f for f in run_files(out_dir) if f.startswith(f"{BACKUP}/")]
+    for relative in removed:
+        _remove(_join(out_dir, relative))
+    forget_files(out_dir, removed)
+    if _inside(out_dir, f"{BACKUP}/x"):
+        try:
+            os.rmdir(backup)
+        except OSError:
+            pass
 
 
 def _words(flags):
@@ -325,7 +294,7 @@ def _remove_leftovers(out_dir):
         os.path.join(out_dir, CHECKPOINTS),
         os.path.join(out_dir, BACKUP),
     ):
-        if not os.path.isdir(folder):
+        if not os.path.isdir(folder) or os.path.islink(folder):
             continue
         for name in os.listdir(folder):
             if name.startswith(".") and _TMP in name:

@@ -7,6 +7,7 @@ import os
 
 import keras
 
+from keras_segformer.io_atomic import refuse_link
 from keras_segformer.training import cluster as cluster_lib
 from keras_segformer.training.callbacks import (
     AtomicBackupAndRestore,
@@ -20,13 +21,22 @@ from keras_segformer.training.run_files import (
     FINAL_MODEL,
     LOG_FILE,
     RUN_FILE,
+    TENSORBOARD,
+    _join,
     _json,
+    _read_json,
     _remove_leftovers,
     check_run,
     clear_run,
+    legacy_manifest,
+    record_files,
     remove_backup,
     write_text,
 )
+
+# The name of the checkpoint of each epoch, in `checkpoints/`.
+CHECKPOINT_NAME = "epoch-{epoch:03d}.weights.h5"
+_EVENT_FOLDERS = (f"{TENSORBOARD}/train", f"{TENSORBOARD}/validation")
 
 _CONFIG_SKIPPED = frozenset(
     {
@@ -88,12 +98,14 @@ def _run_callbacks(out_dir, run_dir):
     scratch folder, restoring from the chief's ``run_dir``). The log and
     checkpoint come before the backup: the backup commits the epoch;
     killed before it, the epoch runs again and rewrites both."""
+    recorder = RecordFiles(out_dir)  # before the folders are made
     checkpoints = os.path.join(out_dir, CHECKPOINTS)
     os.makedirs(checkpoints, exist_ok=True)
     return [
+        recorder,  # lists each file before the callbacks below write it
         EpochLog(os.path.join(out_dir, LOG_FILE)),
         AtomicModelCheckpoint(
-            os.path.join(checkpoints, "epoch-{epoch:03d}.weights.h5"),
+            os.path.join(checkpoints, CHECKPOINT_NAME),
             save_weights_only=True,
         ),
         AtomicBackupAndRestore(
@@ -103,6 +115,66 @@ def _run_callbacks(out_dir, run_dir):
         ),
         *_tensorboard(out_dir),
     ]
+
+
+class RecordFiles(keras.callbacks.Callback):
+    """Lists in ``run.json`` (``run_files.record_files``) each file the
+    run's callbacks are about to write, and the folders the run makes:
+    the log and each epoch's checkpoint and backup before they are
+    written, TensorBoard's event files once they appear. Placed before
+    those callbacks. ``run_files.run_files`` reads the list.
+
+    Args:
+        out_dir: str. The run folder (nothing is listed where it has no
+            ``run.json``).
+    """
+
+    def __init__(self, out_dir):
+        super().__init__()
+        self.out_dir = os.fspath(out_dir)
+        folders = (CHECKPOINTS, BACKUP, TENSORBOARD, *_EVENT_FOLDERS)
+        self.new_folders = [
+            f for f in folders if not os.path.lexists(_join(self.out_dir, f))
+        ]
+        self.events_before = set(self._events())
+        self._events_seen = False
+
+    def _events(self):
+        found = []
+        for folder in _EVENT_FOLDERS:
+            path = _join(self.out_dir, folder)
+            if os.path.isdir(path) and not os.path.islink(path):
+                found += [
+                    f"{folder}/{name}"
+                    for name in os.listdir(path)
+                    if name.startswith("events.out.tfevents.")
+                ]
+        return found
+
+    def record(self, *files):
+        """List ``files`` and the TensorBoard files new since the start."""
+        new = [f for f in self._events() if f not in self.events_before]
+        record_files(self.out_dir, [*files, *new], self.new_folders)
+
+    def on_train_begin(self, logs=None):
+        self.record(LOG_FILE)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._events_seen:  # the training writer's first file
+            self._events_seen = True
+            self.record()
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        self.record(
+            LOG_FILE,
+            f"{CHECKPOINTS}/{CHECKPOINT_NAME.format(epoch=done)}",
+            f"{BACKUP}/state-{done:03d}.weights.h5",
+            f"{BACKUP}/{AtomicBackupAndRestore.STATE}",
+        )
+
+    def on_train_end(self, logs=None):
+        self.record(FINAL_MODEL)
 
 
 def _stop_on_nonfinite(out_dir):
@@ -116,7 +188,14 @@ def _stop_on_nonfinite(out_dir):
 
 
 def _load_state(model, path):
-    """Weights and optimizer state of the ``.keras`` file at ``path``."""
+    """Weights and optimizer state of the run's ``.keras`` file at
+    ``path``: never through a link, and checked as any ``.keras`` file a
+    user gives (``check_keras_archive``: its zip directory's sizes) before
+    Keras inflates a member."""
+    from keras_segformer.export.loading import check_keras_archive
+
+    refuse_link(path)
+    check_keras_archive(path)
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     try:
@@ -149,14 +228,26 @@ def _model_settings(model):
 
 def _write_run(out_dir, status, settings, *, model_epochs):
     """Write ``run.json``: the settings (recorded ones kept), the epochs
-    asked for and the epochs ``model.keras`` holds."""
+    asked for, the epochs ``model.keras`` holds, and the list of what the
+    run wrote (``record_files``: kept; empty for a new run; a run of an
+    older version's files by name)."""
     recorded = (status.record or {}).get("settings", {})
+    path = os.path.join(out_dir, RUN_FILE)
+    on_disk = _read_json(path)
+    if on_disk is None:
+        files, folders = [], []  # a new run: nothing written yet
+    elif isinstance(on_disk.get("files"), list):
+        files, folders = on_disk["files"], on_disk.get("folders", [])
+    else:
+        files, folders = legacy_manifest(out_dir)
     record = {
         "settings": {**_json(settings), **recorded},
         "epochs": status.epochs,
         "model_epochs": model_epochs,
+        "files": files,
+        "folders": folders,
     }
-    write_text(os.path.join(out_dir, RUN_FILE), json.dumps(record, indent=1))
+    write_text(path, json.dumps(record, indent=1))
     status.record = record
 
 
