@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_segformer import io_atomic
+from keras_segformer import io_atomic, memory
 from keras_segformer.cli import main
 from keras_segformer.cli import predict as predict_cli
 from keras_segformer.inference import visualize
@@ -335,7 +335,7 @@ def test_sizes_that_cannot_fit_are_refused_before_any_work(
 ):
     image = tmp_path / "big.png"
     Image.new("RGB", (2000, 1500)).save(image)
-    monkeypatch.setattr(predict_cli, "available_memory", lambda: 16 * 2**30)
+    monkeypatch.setattr(memory, "available_memory", lambda: 16 * 2**30)
     args = types.SimpleNamespace(
         scales=[1.0], flip=False, slide=False, crop_size=None, batch_size=4
     )

@@ -256,6 +256,28 @@ def check_out(out, format, model, overwrite=False):
     )
 
 
+def _check_memory(model, input_size):
+    """Refuse an ``--input-size`` at which one image through the model
+    needs more memory than this machine has (``memory.inference_bytes``):
+    the exported model could not run it here, nor calibrate on it."""
+    from keras_segformer import memory
+
+    dims = memory.model_dims(model)
+    if input_size is None or dims is None:
+        return
+    height, width = input_size
+    need = memory.inference_bytes(
+        dims, (height, width), [(height, width)], flip=False,
+        crop_size=None, batch_size=1,
+    )  # fmt: skip
+    memory.check_fits(
+        need,
+        f"--input-size {height} {width} (one image through the model)",
+        "use a smaller --input-size, or leave it out (dynamic height and "
+        "width) and run large images in sliding windows (predict --slide)",
+    )
+
+
 def run(args):
     """Run ``export`` with parsed arguments.
 
@@ -274,6 +296,7 @@ def run(args):
     model = load_any_model(
         args.model, variant=args.variant, num_classes=args.num_classes
     )
+    _check_memory(model, args.input_size)
     format = canonical_format(args.format)
     with written_in_place(args.out) as temp:
         export_model(

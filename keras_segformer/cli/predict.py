@@ -25,6 +25,7 @@ import sys
 
 import numpy as np
 
+from keras_segformer import memory
 from keras_segformer.classes import SHAPES_CLASSES, SHAPES_PALETTE
 from keras_segformer.cli.common import (
     add_batch_size,
@@ -38,6 +39,7 @@ from keras_segformer.cli.common import (
 )
 from keras_segformer.decode import IMAGE_EXTENSIONS
 from keras_segformer.errors import plural
+from keras_segformer.memory import inference_bytes, model_dims
 
 PALETTES = ("auto", "ade20k", "cityscapes")
 
@@ -205,57 +207,6 @@ def check_outputs(files, output, stems):
             )
 
 
-def available_memory():
-    """Bytes of memory available to this process now: ``MemAvailable``
-    of ``/proc/meminfo``, else free pages (``os.sysconf``); None where
-    neither is known."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def memory_needed(image_size, model, scales, flip, crop_size, batch_size):
-    """Rough bytes ``predict`` needs for one image of ``(height, width)``:
-    the model's largest activation (stage 1 at a quarter of the view's
-    size: its attention over the reduced keys, its Mix-FFN, the decode
-    head's concatenated features) for a batch of views (a window's size
-    with ``--slide``), plus the float32 logits kept per view at the
-    image's size. An estimate to refuse sizes that cannot fit, not a
-    bound."""
-    height, width = image_size
-    backbone = getattr(model, "backbone", None)
-    hidden = list(getattr(backbone, "hidden_sizes", None) or [64])
-    decoder = int(getattr(model, "decoder_hidden_size", None) or 768)
-    classes = int(model.output.shape[-1])
-    views = len(scales) * (2 if flip else 1)
-    largest = 0
-    for scale in scales:
-        view = (height * scale, width * scale)
-        if crop_size is not None:
-            view = tuple(min(v, c) for v, c in zip(view, crop_size))
-        tokens = (view[0] / 4) * (view[1] / 4)
-        activation = tokens * max(
-            tokens / 64,  # stage-1 attention: keys reduced 8x8, one head
-            4 * hidden[0],  # Mix-FFN
-            5 * decoder,  # decode head: 4 maps concatenated, then fused
-        )
-        logits = view[0] * view[1] * classes  # before the resize
-        largest = max(largest, activation + logits)
-    batch = min(batch_size, views) if crop_size is None else batch_size
-    kept = views * height * width * classes * (2 if crop_size else 1)
-    scaled = max(scales) ** 2 * height * width * (classes + 3)
-    # float32, and a factor for the tensors alive beside the largest.
-    return int(4 * (2 * batch * largest + kept + scaled))
-
-
 def _header_size(path):
     """``(width, height)`` from an image file's header (no pixels
     decoded), or None where it cannot be read."""
@@ -270,12 +221,12 @@ def _header_size(path):
 
 def check_memory(files, model, args):
     """Refuse, before any image is decoded, an image and ``--scales`` that
-    need more memory than is available (``memory_needed``), naming the
-    flag and ``--slide``."""
+    need more memory than is available (``memory.inference_bytes``),
+    naming the flag and ``--slide``."""
     from PIL import Image
 
-    available = available_memory()
-    if available is None:
+    dims = model_dims(model)
+    if memory.available_memory() is None or dims is None:
         return
     crop = size_pair(args.crop_size) if args.slide else None
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
@@ -285,31 +236,28 @@ def check_memory(files, model, args):
         # PIL's own bound stays for decoding; an image past it is refused
         # here, with its size, if it cannot fit.
         Image.MAX_IMAGE_PIXELS = limit
+    scales = " ".join(f"{s:g}" for s in args.scales)
+    hint = (
+        "smaller --crop-size / --batch-size"
+        if args.slide
+        else "--slide --crop-size 512 512 (windows bound the memory)"
+    )
     for path, size in zip(files, sizes):
         if size is None:
             continue  # said where the image is read
         width, height = size
-        need = memory_needed(
+        need = inference_bytes(
+            dims,
             (height, width),
-            model,
-            args.scales,
-            args.flip,
-            crop,
-            args.batch_size,
+            [(height * s, width * s) for s in args.scales],
+            flip=args.flip,
+            crop_size=crop,
+            batch_size=args.batch_size,
         )
-        if need <= available:
-            continue
-        scales = " ".join(f"{s:g}" for s in args.scales)
-        hint = (
-            "smaller --crop-size / --batch-size"
-            if args.slide
-            else "--slide --crop-size 512 512 (windows bound the memory)"
-        )
-        raise ValueError(
-            f"--scales {scales} on {path} ({width}x{height}) needs about "
-            f"{need / 2**30:.1f} GiB, more than the "
-            f"{available / 2**30:.1f} GiB of memory available: use smaller "
-            f"--scales, or {hint}."
+        memory.check_fits(
+            need,
+            f"--scales {scales} on {path} ({width}x{height})",
+            f"use smaller --scales, or {hint}",
         )
 
 

@@ -16,6 +16,7 @@ from keras_segformer.cli.common import (
     add_variant,
     int_at_least,
     output_folder,
+    size_pair,
     size_value,
 )
 from keras_segformer.errors import plural
@@ -281,6 +282,7 @@ def _train(args, replicas=None):
             print(status.message())
             return 0
         resume = status.source is not None
+    _check_memory(args, replicas)  # before any data is read or built
     train_ds, val_ds = _datasets(args, (images, masks), replicas)
     model = _init_model(args, id2label, resume=resume)
     with data_error_logs_dropped():  # the error's one line, not TF's logs
@@ -299,6 +301,29 @@ def _train(args, replicas=None):
     if replicas is None or replicas.cluster.chief:
         print(f"saved {os.path.join(args.out, trainer.FINAL_MODEL)}")
     return 0
+
+
+def _check_memory(args, replicas=None):
+    """Refuse a ``--crop-size`` and ``--batch-size`` whose training step
+    needs more memory than this machine has available
+    (``memory.training_bytes``), where the model runs on its CPUs (an
+    accelerator's memory is its own: it says when it is full)."""
+    from keras_segformer import memory
+    from keras_segformer.configs import variant_config
+    from keras_segformer.training import cluster as cluster_lib
+
+    if not memory.runs_on_host():
+        return
+    found = replicas.cluster if replicas is not None else None
+    batch = cluster_lib.input_batch_size(args.batch_size, found)
+    crop = size_pair(args.crop_size)
+    config = variant_config(args.variant)
+    memory.check_fits(
+        memory.training_bytes(config, args.num_classes, crop, batch),
+        f"--crop-size {crop[0]} {crop[1]} with --batch-size {batch} "
+        f"(a training step of SegFormer-{args.variant.upper()})",
+        "use a smaller --crop-size or --batch-size",
+    )
 
 
 def _datasets(args, train_pairs, replicas=None):

@@ -10,6 +10,7 @@ differ only by the model's own float rounding.
 import keras
 import numpy as np
 
+from keras_segformer import memory
 from keras_segformer.inference.processing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -183,7 +184,8 @@ class Segmenter:
             or given for the wrong mode, a ``stride`` above ``crop_size``,
             scales that are not positive, ``batch_size`` < 1, a crop
             smaller than the model's minimum input, or a model with NaN or
-            infinite weights.
+            infinite weights; when called, an image whose ``scales``
+            need more memory than is available (``memory``).
 
     Example:
     >>> segmenter = Segmenter(model, mode="slide", crop_size=1024,
@@ -340,7 +342,32 @@ class Segmenter:
                 views.append((True, x[:, ::-1]))
         return views
 
+    def _check_memory(self, rgb):
+        """Refuse an image whose views cannot fit in memory
+        (``memory.inference_bytes``) before any view is made."""
+        dims = memory.model_dims(self.model)
+        if dims is None:
+            return
+        h, w = rgb.shape[:2]
+        need = memory.inference_bytes(
+            dims,
+            (h, w),
+            [resolve_size(h, w, self.size, s, self.max_size,
+                          self.size_divisor) for s in self.scales],
+            flip=self.flip,
+            crop_size=self.crop_size if self.mode == "slide" else None,
+            batch_size=self.batch_size,
+        )  # fmt: skip
+        memory.check_fits(
+            need,
+            f"scales={self.scales} on a {h}x{w} image",
+            'use smaller `scales` or `size`, or mode="slide" with a '
+            "`crop_size` (sliding windows bound the memory)",
+        )
+
     def _predict_chunk(self, rgbs):
+        for rgb in rgbs:
+            self._check_memory(rgb)
         views = []  # (image index, flipped, input)
         for i, rgb in enumerate(rgbs):
             views.extend((i, f, x) for f, x in self._views(rgb))
