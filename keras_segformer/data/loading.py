@@ -103,10 +103,32 @@ class LabelTransform:
         """Return the remapped ``int32`` label of one mask.
 
         Args:
-            label: integer array. Raw ids of one mask.
+            label: integer array (or floats of whole values). Raw ids of
+                one mask.
             path: str. File name used in error messages.
+
+        Raises:
+            TypeError: float labels with a fractional part (a cast would
+                truncate them), or values that are not numbers.
+            ValueError: ids out of range (named).
         """
-        label = np.asarray(label, dtype=np.int32)
+        label = np.asarray(label)
+        if label.dtype.kind not in "iub":
+            if label.dtype.kind != "f":
+                raise TypeError(
+                    f"Mask file {path} holds {label.dtype} values: masks "
+                    "hold integer class ids."
+                )
+            fractional = label != np.floor(label)  # NaN and inf included
+            if fractional.any():
+                value = label[fractional].flat[0].item()
+                raise TypeError(
+                    f"Mask file {path} holds float labels with a fractional "
+                    f"part (e.g. {value!r}): labels are class ids, and a "
+                    "cast would truncate them. Save masks "
+                    "as 8- or 16-bit integer images."
+                )
+        label = label.astype(np.int32)
         if label.size and label.min() < 0:
             raise ValueError(
                 f"Mask file {path} has negative label values "

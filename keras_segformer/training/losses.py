@@ -90,6 +90,63 @@ def check_integer_labels(y):
         )
 
 
+FLOAT_LABELS = (
+    "labels are class indices (0 .. num_classes - 1, 255 ignored), and a "
+    "cast to int would truncate them. Resize masks with nearest-neighbour "
+    "interpolation and keep them integers"
+)
+
+
+def check_label_dataset(dataset):
+    """A ``tf.data`` dataset of ``(images, labels, ...)`` whose labels are
+    floats, with every batch checked for a fractional part as it is read
+    (``check_integer_labels`` for data in memory); other datasets (integer
+    labels, no labels) are returned as they are.
+
+    Args:
+        dataset: ``tf.data.Dataset`` or anything else (returned as is).
+
+    Returns:
+        The dataset, checked.
+
+    Raises:
+        DataError: (while iterating, out of ``errors.data_errors``) float
+            labels with a fractional part (NaN, inf too), a value named.
+    """
+    spec = getattr(dataset, "element_spec", None)
+    if not isinstance(spec, tuple) or len(spec) < 2:
+        return dataset
+    labels = spec[1]
+    if not getattr(getattr(labels, "dtype", None), "is_floating", False):
+        return dataset
+    import tensorflow as tf
+
+    from keras_segformer.errors import DataError, tag
+
+    def check(y):
+        fractional = y != np.floor(y)  # NaN and inf included
+        if fractional.any():
+            value = y[fractional].flat[0].item()
+            raise DataError(
+                tag(
+                    f"The dataset's labels are {y.dtype} with a fractional "
+                    f"part (e.g. {value!r}): {FLOAT_LABELS}."
+                )
+            )
+        return y
+
+    def checked(*element):
+        # The labels pass through the check (a control dependency on a
+        # stateless op would be pruned by tf.data's graph optimizer).
+        y = tf.numpy_function(
+            check, [element[1]], element[1].dtype, stateful=False
+        )
+        y.set_shape(element[1].shape)
+        return (element[0], y, *element[2:])
+
+    return dataset.map(checked)
+
+
 def _broadcast_sample_weight(sample_weight, dtype):
     """Per-sample ``(B,)`` or per-pixel ``(B, H, W[, 1])`` -> broadcastable
     to ``(B, H, W)``."""

@@ -74,6 +74,7 @@ from keras_segformer.training.evaluation import (  # noqa: F401 (re-exported)
     evaluate,
     metric_classes,
 )
+from keras_segformer.training.losses import check_label_dataset
 from keras_segformer.training.metrics import (
     MeanAccuracy,
     MeanIoU,
@@ -317,7 +318,9 @@ def _train(model, run, train_data, validation_data, callbacks, optimizer_kw):
         ``keras.callbacks.History``, or None where the run was finished
         already (nothing trained).
     """
-    validation_data = _check_data(model, train_data, validation_data, run.found)
+    train_data, validation_data = _check_data(
+        model, train_data, validation_data, run.found
+    )
     compile_model(
         model,
         total_steps=run.epochs * run.steps_per_epoch,
@@ -365,9 +368,12 @@ def _train(model, run, train_data, validation_data, callbacks, optimizer_kw):
 
 
 def _check_data(model, train_data, validation_data, found):
-    """Refuse a training batch that does not split over the devices; pad
-    the validation batches to a multiple of them. A JAX process's batches
-    are its part of the global batch."""
+    """Check float labels for a fractional part (``check_label_dataset``);
+    refuse a training batch that does not split over the devices; pad the
+    validation batches to a multiple of them. A JAX process's batches are
+    their part of the global batch."""
+    train_data = check_label_dataset(train_data)  # float labels: checked
+    validation_data = check_label_dataset(validation_data)
     replicas = num_replicas(model)
     processes = found.workers if found and found.backend == "jax" else 1
     if replicas > 1:
@@ -378,7 +384,7 @@ def _check_data(model, train_data, validation_data, found):
         if hasattr(validation_data, "element_spec"):
             local = replicas // processes
             validation_data = pad_batches(validation_data, local)
-    return validation_data
+    return train_data, validation_data
 
 
 def _silent(*args, **kwargs):
