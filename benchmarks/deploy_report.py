@@ -102,7 +102,9 @@ def deployed_note(bench):
         "model's (ours: the Keras model; transformers-onnx: its PyTorch "
         "model) on those images; random weights make near-ties, so a "
         "trained model scores higher. vs Keras f32 = deployed median / "
-        "the fastest float32 ours-<backend> median.",
+        "the fastest float32 ours-<backend> median. peak RSS of a LiteRT "
+        "column run through tf.lite includes TensorFlow's import "
+        "(ai-edge-litert, when installed, runs without it).",
     ]
 
 
