@@ -369,7 +369,8 @@ class Benchmark:
             if gflop is not None:
                 r["gflop"] = gflop
                 r["gflops_per_s"] = gflop / (median / 1e3)
-                if peak:
+                # Not for int8 arithmetic: the peak is a float32 rate.
+                if peak and r.get("dtype") != "int8":
                     r["share_of_peak"] = r["gflops_per_s"] / peak
             versus = "transformers"
             if r.get("bf16") and r["case"] in baselines["transformers-bf16"]:

@@ -857,3 +857,30 @@ def test_deployed_quality_on_a_trained_model(tmp_path):
     assert 0 <= result["miou"] <= 1 and 0 <= result["miou_float32"] <= 1
     assert 0 < result["argmax_agreement"] <= 1
     assert "3 images of" in result["calibration"]
+
+
+def test_kept_artifacts_are_reused(tmp_path):
+    """--keep-artifacts: a later run into the same --out times the kept
+    artifact instead of exporting again (all three files, or none)."""
+    from benchmarks import deploy_runs
+
+    stem = str(tmp_path / "ours-onnx__b0-512x512-b1")
+    spec = {
+        "artifact_path": stem + ".onnx",
+        "reference_path": stem + ".reference.npy",
+    }
+    for path in spec.values():
+        with open(path, "wb") as f:
+            f.write(b"x")
+    assert deploy_runs._kept_export(spec, stem) is None  # no record
+    with open(stem + ".export.json", "w") as f:
+        json.dump({"export_s": 12.5, "artifact_mb": 13.4}, f)
+    kept = deploy_runs._kept_export(spec, stem)
+    assert kept == {
+        "export_s": 12.5,
+        "artifact_mb": 13.4,
+        "status": "ok",
+        "reused": True,
+    }
+    os.remove(spec["reference_path"])
+    assert deploy_runs._kept_export(spec, stem) is None
