@@ -249,6 +249,27 @@ def test_corrupt_keras_file(tmp_path, capsys):
     _short_error(err.splitlines(), bad)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+def test_model_that_is_a_fifo_is_refused_not_waited_on(tmp_path, capsys):
+    # Opening a FIFO blocks until something writes to it: predict hung.
+    fifo = tmp_path / "m.keras"
+    os.mkfifo(fifo)
+    _save_image(str(tmp_path / "in" / "a.png"))
+    status, err = _main(
+        capsys,
+        "predict",
+        "--model",
+        str(fifo),
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert status == 2
+    _short_error(err.splitlines(), fifo)
+    assert "not a regular file" in err
+
+
 def test_predict_output_that_is_not_a_folder(keras_file, tmp_path, capsys):
     image = _save_image(str(tmp_path / "a.png"))
     for output in (image, os.path.join(image, "sub")):

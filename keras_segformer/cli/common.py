@@ -119,6 +119,14 @@ def load_any_model(path, *, variant=None, num_classes=None):
         )
         if value is not None
     ]
+    if os.path.exists(path) and not os.path.isfile(path):
+        if not os.path.isdir(path):
+            # Opening a FIFO waits for a writer: the command hung.
+            raise ValueError(
+                f"--model {path}: not a regular file or a folder (a FIFO, "
+                "device or socket); give a .keras or .weights.h5 file or a "
+                "transformers folder."
+            )
     if given and not os.fspath(path).endswith(_WEIGHT_SUFFIXES):
         raise ValueError(
             f"{' and '.join(given)}: only for a .weights.h5 --model; "
