@@ -310,9 +310,9 @@ def test_unknown_format(small_model, tmp_path):
 
 
 def test_quantization_needs_tflite(small_model, tmp_path):
-    with pytest.raises(ValueError, match="only available for the litert"):
+    with pytest.raises(ValueError, match="'float16' is available for the lit"):
         export_model(
-            small_model, tmp_path / "m.onnx", "onnx", quantization="int8"
+            small_model, tmp_path / "m.onnx", "onnx", quantization="float16"
         )
     with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
         export_model(

@@ -159,8 +159,9 @@ def add_parser(subparsers):
         *OPTION_ALIASES["quantization"],
         dest="quantization",
         choices=QUANTIZATIONS,
-        help="litert only: float16 weights, or int8 weights and "
-        "activations (default: float32, none; alias: --quantize)",
+        help="float16 weights (litert), or int8 weights and activations "
+        "calibrated on --representative-images (litert, onnx) "
+        "(default: float32, none; alias: --quantize)",
     )
     parser.add_argument(
         "--representative-images",

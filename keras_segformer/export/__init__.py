@@ -17,13 +17,17 @@ writes the artifacts: the exports need TensorFlow installed on every
 backend, and only models whose layers are importable (keras_segformer's
 own, or registered by an imported module) can cross over.
 
-| Keras backend | SavedModel | TFLite (fp32 / fp16 / int8) | ONNX |
+| Keras backend | SavedModel | TFLite (fp32/fp16/int8) | ONNX (fp32/int8) |
 |---|---|---|---|
 | TensorFlow | yes (in process) | yes (in process) | yes (tf2onnx) |
 | JAX | yes (TF worker) | yes (TF worker) | yes (TF worker) |
 | PyTorch | yes (TF worker) | yes (TF worker) | yes (TF worker) |
 
 "TF worker": written by the TensorFlow worker process described above.
+The TFLite graph is traced with export-time versions of some ops
+(``tflite_graph``: static shapes, float islands in int8); int8 ONNX is
+ONNX Runtime's static quantization of the float ONNX file
+(``onnx_quantize``).
 
 The tests require the logits of SavedModel, TFLite float32 and ONNX to
 lie within 1e-4 of the Keras model of the running backend, and the

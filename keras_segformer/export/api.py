@@ -21,6 +21,7 @@ from keras_segformer.export.formats import (
     INPUT_DTYPES,
     ONNX_OPSET,  # noqa: F401
     QUANTIZATIONS,
+    QUANTIZED_FORMATS,
     canonical_format,
     model_normalizes,
 )
@@ -172,10 +173,11 @@ def _prepare_job(
                 f"Unknown quantization {quantization!r}. Expected None or "
                 f"one of {QUANTIZATIONS}."
             )
-        if format != "litert":
+        if format not in QUANTIZED_FORMATS[quantization]:
             raise ValueError(
-                f"Quantization ({quantization!r}) is only available for the "
-                f"litert (TFLite) format. Received format={format!r}."
+                f"Quantization {quantization!r} is available for the "
+                f"{' and '.join(QUANTIZED_FORMATS[quantization])} "
+                f"format(s). Received format={format!r}."
             )
     if representative_images is not None and quantization != "int8":
         raise ValueError(
@@ -341,10 +343,12 @@ def export_model(
             bilinearly to the input size and returns the argmax mask.
         input_size: None or ``(height, width)``. Fix the spatial input
             size (useful for TFLite on mobile delegates).
-        quantization: None, ``"float16"`` or ``"int8"`` (TFLite only).
-            ``"float16"`` stores weights as float16; ``"int8"`` quantizes
-            weights and activations, calibrated on
-            ``representative_images``.
+        quantization: None, ``"float16"`` (TFLite: weights stored as
+            float16) or ``"int8"`` (TFLite and ONNX: weights and
+            activations int8, calibrated on ``representative_images``;
+            TFLite keeps layer norms, softmaxes and GELU float, ONNX is
+            ONNX Runtime's static QDQ quantization of the MatMuls and
+            convolutions; see docs/export.md).
         representative_images: int8 calibration data (see
             ``calibration_images``): a directory, files, arrays, or None
             for built-in synthetic images (with a warning).

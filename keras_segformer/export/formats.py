@@ -32,6 +32,9 @@ OPTION_ALIASES = {
     "representative_images": ("--calibration",),
 }
 QUANTIZATIONS = ("float16", "int8")
+# The formats each quantization is written for: int8 ONNX is ONNX
+# Runtime's static quantization (QDQ) of the float ONNX file.
+QUANTIZED_FORMATS = {"float16": ("litert",), "int8": ("litert", "onnx")}
 INPUT_DTYPES = ("float32", "uint8")
 # The opset every ONNX artifact is written with.
 ONNX_OPSET = 17

@@ -9,6 +9,7 @@ SavedModel, TFLite and ONNX artifacts compute the same graph.
 
 import logging
 import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -169,19 +170,31 @@ def write_tflite(
 ):
     """Convert ``fn`` to a TFLite flatbuffer.
 
+    The graph is traced again with the TFLite versions of the ops
+    (``keras_segformer.export.tflite_graph``: static shapes, so that
+    XNNPACK runs the whole float graph, and float islands for int8).
+
     Args:
         fn: ``tf.function`` from ``serving_function``.
         path: str. Output ``.tflite`` file.
         quantization: None, ``"float16"`` (weights stored as float16) or
-            ``"int8"`` (weights and activations int8 where TFLite has int8
-            kernels, float elsewhere; float input and output).
+            ``"int8"`` (weights and activations int8, calibrated; layer
+            norms and softmaxes stay float; float input and output).
         representative_images: list of uint8 RGB arrays. Calibration
             images for ``"int8"``, in the artifact's input layout (already
             resized when the size is fixed).
         normalized_input: bool. The artifact takes normalized pixels, so
             calibration images are normalized first.
     """
-    holder, concrete = _holder(fn)
+    from keras_segformer.export import tflite_graph
+
+    fn = tf.function(
+        fn.python_function,
+        input_signature=fn.input_signature,
+        autograph=False,
+    )
+    with tflite_graph.tflite_ops():
+        holder, concrete = _holder(fn)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [concrete], holder
     )
@@ -189,19 +202,15 @@ def write_tflite(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
         input_dtype = fn.input_signature[0].dtype.name
         converter.representative_dataset = _representative_dataset(
             representative_images, input_dtype, normalized_input
         )
-        # int8 kernels where they exist; float for the rest.
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-            tf.lite.OpsSet.TFLITE_BUILTINS,
-        ]
+        flatbuffer = tflite_graph.quantize_int8(converter)
     elif quantization is not None:
         raise ValueError(f"Unknown quantization {quantization!r}.")
-    flatbuffer = converter.convert()
+    if quantization != "int8":
+        flatbuffer = converter.convert()
     write_bytes(path, flatbuffer)  # atomic; a link there is replaced
 
 
@@ -265,6 +274,22 @@ def write_onnx(fn, path, opset=ONNX_OPSET):
     write_atomic(path, lambda temp: onnx.save(model_proto, temp))
 
 
+def _write_int8_onnx(fn, job):
+    """The float ONNX file, then ONNX Runtime's static int8 quantization
+    of it (``keras_segformer.export.onnx_quantize``)."""
+    from keras_segformer.export import onnx_quantize
+
+    with tempfile.TemporaryDirectory(prefix="keras_segformer_onnx_") as tmp:
+        float_path = os.path.join(tmp, "float.onnx")
+        write_onnx(fn, float_path)
+        batches = onnx_quantize.calibration_batches(
+            job["representative_images"],
+            job["input_dtype"],
+            job["normalized_input"],
+        )
+        onnx_quantize.quantize_onnx(float_path, job["path"], batches)
+
+
 def export_job(model, job, cache=None):
     """Write one artifact described by a checked job dict (see
     ``keras_segformer.export.api``).
@@ -301,6 +326,8 @@ def export_job(model, job, cache=None):
             representative_images=job["representative_images"],
             normalized_input=job["normalized_input"],
         )
+    elif job["format"] == "onnx" and job["quantization"] == "int8":
+        _write_int8_onnx(fn, job)
     elif job["format"] == "onnx":
         write_onnx(fn, job["path"])
     else:
