@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import BACKEND, tiny_segformer
 
+from keras_segformer.layers.layer_norm import LayerNorm
+
 pytest.importorskip("tf2onnx")
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.skipif(
@@ -26,7 +28,6 @@ if BACKEND == "tensorflow":
     import tensorflow as tf
 
     from keras_segformer.export.tf_export import serving_function, write_onnx
-    from keras_segformer.layers.layer_norm import LayerNorm
 
 
 def _convert(fn, shape, tmp_path):
