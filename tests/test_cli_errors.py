@@ -270,6 +270,32 @@ def test_model_that_is_a_fifo_is_refused_not_waited_on(tmp_path, capsys):
     assert "not a regular file" in err
 
 
+def test_package_warnings_are_one_line(keras_file, tmp_path, capsys):
+    # Masks of only 0 and 255: a warning, printed as the CLI prints its
+    # errors, not as Python's "path.py:45: UserWarning: ..." and the
+    # source line of the call.
+    _save_image(str(tmp_path / "img" / "a.png"))
+    _save_mask(str(tmp_path / "ann" / "a.png"), value=255)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:16] = 255
+    Image.fromarray(mask).save(tmp_path / "ann" / "a.png")
+    status, err = _main(
+        capsys,
+        "evaluate",
+        "--model",
+        keras_file,
+        "--images",
+        str(tmp_path / "img"),
+        "--masks",
+        str(tmp_path / "ann"),
+    )
+    assert status == 0, err
+    lines = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("keras-segformer evaluate: warning: "), err
+    assert "only 0 and 255" in lines[0] and "UserWarning" not in err, err
+
+
 def test_predict_output_that_is_not_a_folder(keras_file, tmp_path, capsys):
     image = _save_image(str(tmp_path / "a.png"))
     for output in (image, os.path.join(image, "sub")):

@@ -192,6 +192,7 @@ def _main(argv):
     stdout = sys.stdout
     sys.stdout = lines = _LineEnds(stdout)
     new_folders = _new_folders(args)
+    shown = _package_warnings_as_lines(args.command, debug=_debug(args))
     try:
         # Backend and dependencies first: nothing is written before.
         dependencies.prepare(args.command, args)
@@ -221,6 +222,39 @@ def _main(argv):
         return getattr(e, "exit_status", 2)
     finally:
         sys.stdout = stdout
+        import warnings
+
+        warnings.showwarning = shown
+
+
+def _package_warnings_as_lines(command, debug=False):
+    """Show the package's own warnings (a ``UserWarning`` raised in
+    ``keras_segformer``: masks of only 0 and 255 ...) as one line
+    ``keras-segformer COMMAND: warning: ...``, like its errors, instead of
+    Python's file, line number and source line; other warnings (and all
+    with ``--debug``) keep Python's format. Returns the previous
+    ``warnings.showwarning``, to be put back."""
+    import warnings
+
+    previous = warnings.showwarning
+    if debug:
+        return previous
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        path = os.path.abspath(filename)
+        if issubclass(category, UserWarning) and path.startswith(
+            package + os.sep
+        ):
+            print(
+                f"keras-segformer {command}: warning: {message}",
+                file=file or sys.stderr,
+            )
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    return previous
 
 
 class _LineEnds:
