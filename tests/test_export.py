@@ -360,6 +360,30 @@ def test_output_path_not_writable(small_model, tmp_path):
         export_model(small_model, blocker, "saved_model")
 
 
+@pytest.mark.skipif(not ON_TENSORFLOW, reason="written in a worker process")
+def test_saved_model_on_a_full_disk(small_model, tmp_path, monkeypatch):
+    # TensorFlow's SavedModel writer meets a full disk as a
+    # ResourceExhaustedError, not an OSError: `export` printed its
+    # traceback and exited 1 instead of one line and status 4.
+    import tensorflow as tf
+
+    from keras_segformer import io_atomic
+
+    def full(obj, path, signatures=None):
+        os.makedirs(os.path.join(path, "variables"))
+        raise tf.errors.ResourceExhaustedError(
+            None, None, f"{path}/variables/part-0; No space left on device"
+        )
+
+    monkeypatch.setattr(tf.saved_model, "save", full)
+    folder = tmp_path / "full"
+    folder.mkdir()
+    with pytest.raises(io_atomic.DiskFullError, match="no space left") as e:
+        export_model(small_model, folder / "sm", "tf_saved_model")
+    assert e.value.exit_status == 4 and "sm" in str(e.value)
+    assert os.listdir(folder) == []  # the temporary folder removed
+
+
 def test_bad_input_options(small_model, tmp_path):
     with pytest.raises(ValueError, match="too small"):
         export_model(small_model, tmp_path / "m", input_size=(16, 64))

@@ -18,6 +18,8 @@ import tensorflow as tf
 from keras_segformer.export.formats import ONNX_OPSET, model_normalizes
 from keras_segformer.inference.processing import normalize_image
 from keras_segformer.io_atomic import (
+    disk_full_error,
+    no_space,
     write_atomic,
     write_bytes,
     written_in_place,
@@ -146,7 +148,14 @@ def write_saved_model(fn, path):
     holder, concrete = _holder(fn)
     holder.serve = _unnamed(fn)
     with written_in_place(path) as temp:  # a link at `path` is replaced
-        tf.saved_model.save(holder, temp, signatures={SIGNATURE: concrete})
+        try:
+            tf.saved_model.save(holder, temp, signatures={SIGNATURE: concrete})
+        except tf.errors.OpError as e:
+            # TensorFlow's own writer: a full disk is a ResourceExhausted
+            # error, not an OSError (it came out as a traceback).
+            if not no_space(e):
+                raise
+            raise disk_full_error(path, e) from None
 
 
 def _representative_dataset(images, input_dtype, normalize):
