@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from conftest import BACKEND, tiny_segformer
@@ -294,6 +295,26 @@ def test_package_warnings_are_one_line(keras_file, tmp_path, capsys):
     assert len(lines) == 1, err
     assert lines[0].startswith("keras-segformer evaluate: warning: "), err
     assert "only 0 and 255" in lines[0] and "UserWarning" not in err, err
+
+
+def test_a_keras_model_that_is_not_a_segformer(tmp_path, capsys):
+    # Another model's .keras file loaded, then predict failed reading its
+    # output with a traceback ("never been called").
+    other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    other.save(tmp_path / "dense.keras")
+    _save_image(str(tmp_path / "in" / "a.png"))
+    status, err = _main(
+        capsys,
+        "predict",
+        "--model",
+        str(tmp_path / "dense.keras"),
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert status == 2
+    _short_error(err.splitlines(), tmp_path / "dense.keras", "not a SegFormer")
 
 
 def test_predict_output_that_is_not_a_folder(keras_file, tmp_path, capsys):

@@ -133,7 +133,26 @@ def load_any_model(path, *, variant=None, num_classes=None):
             f"{path} is a model that names its own variant and classes "
             "(drop them)."
         )
-    return load_model(path, variant=variant, num_classes=num_classes)
+    model = load_model(path, variant=variant, num_classes=num_classes)
+    _check_takes_images(model, path)
+    return model
+
+
+def _check_takes_images(model, path):
+    """Refuse a model that does not take ``(batch, height, width, 3)``
+    images: another Keras model's ``.keras`` file loads, then failed deep
+    in a command with a traceback (``predict``: "has never been called")."""
+    try:
+        (images,) = model.inputs
+        shape = tuple(images.shape)
+    except (AttributeError, TypeError, ValueError):
+        shape = None
+    if shape is None or len(shape) != 4 or shape[-1] != 3:
+        found = "no defined input" if shape is None else f"inputs {shape}"
+        raise ValueError(
+            f"--model {path}: not a SegFormer or MiT model (those take "
+            f"(batch, height, width, 3) images; this one has {found})."
+        )
 
 
 def add_model_arguments(parser):
