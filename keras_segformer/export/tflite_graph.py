@@ -69,7 +69,12 @@ def affine(x, kernel, bias):
 
 
 def dense(layer, x):
-    """A ``keras.layers.Dense`` as ``affine`` (and its activation)."""
+    """A ``keras.layers.Dense`` as ``affine`` (and its activation); a
+    Keras-quantized or LoRA layer computes its own way."""
+    if getattr(layer, "quantization_mode", None) or getattr(
+        layer, "lora_enabled", False
+    ):
+        return layer(x)
     kernel, bias = nn.kernel_and_bias(layer)
     return layer.activation(affine(x, kernel, bias))
 
