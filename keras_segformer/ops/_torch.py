@@ -51,6 +51,38 @@ def no_autograd():
     return torch.inference_mode()
 
 
+# NumPy dtypes a predict_batch input becomes a tensor of without a copy.
+_SHARED_DTYPES = (np.float32, np.float64, np.float16, np.uint8)
+
+
+@inference.predict_batch.register("torch", "cpu")
+def predict_batch(model, x):
+    """Keras' PyTorch ``predict_on_batch`` (its predict function: no
+    gradient, ``predict_step``, ``torch.compile`` where asked), on a NumPy
+    array's tensor without Keras' copy, the outputs out without
+    ``np.array`` (slow through ``__array__``); the same numbers."""
+    if isinstance(x, np.ndarray):
+        if x.dtype not in _SHARED_DTYPES or not x.flags.writeable:
+            return None  # (torch warns about read-only memory)
+        x = torch.from_numpy(x)
+    model.make_predict_function()
+    return keras.tree.map_structure(_to_numpy, model.predict_function([(x,)]))
+
+
+def _to_numpy(x):
+    """``keras.ops.convert_to_numpy(x)``; a contiguous float32 CPU tensor
+    that records no gradient (the logits) as ``x.numpy()``."""
+    if (
+        isinstance(x, torch.Tensor)
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not x.requires_grad
+        and x.is_contiguous()
+    ):
+        return x.numpy()
+    return ops.convert_to_numpy(x)
+
+
 @nn.kernel_and_bias.register("torch", "cpu")
 def kernel_and_bias(layer):
     weights = layer_weights(layer)

@@ -52,6 +52,23 @@ def eager_calls_first(x):
     return None
 
 
+@op
+def predict_batch(model, x):
+    """``model.predict_on_batch(x)`` for one NumPy array or backend tensor
+    ``x``, with less around Keras' predict function, or None: Keras' own
+    ``predict_on_batch`` runs (its input checks done by the caller).
+
+    Generic: None. TensorFlow (cpu): Keras' predict function (traced as
+    Keras traces it) called through the concrete function for the input's
+    shape and dtype, kept per model; a small batch by TensorFlow's
+    single-threaded executor (no hand-offs between threads: at 64x64 they
+    cost more than the kernels); the same graph and numbers. PyTorch (cpu):
+    Keras' predict function on the array's tensor without a copy, the
+    logits out without ``np.array`` (a copy through ``__array__``).
+    """
+    return None
+
+
 class CompiledCalls:
     """A model's compiled eager inference calls.
 
