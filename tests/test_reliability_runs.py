@@ -5,6 +5,7 @@ memory is spent (train, export, Segmenter)."""
 
 import json
 import os
+import shutil
 import zipfile
 
 import keras
@@ -78,12 +79,20 @@ def test_overwrite_removes_the_files_the_run_listed_and_no_other(
     for name in mine:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_bytes(b"mine")
-    run_files.clear_run(out)
-    assert _tree(out) == sorted(
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, symlinks=True)
+    run_files.clear_run(copy)
+    assert _tree(copy) == sorted(
         ["backup", "checkpoints", "tensorboard", "tensorboard/train", *mine]
     )
     for name in mine:
+        assert (copy / name).read_bytes() == b"mine"
+    # overwrite=True: a new run starts beside them (the user's files).
+    _fit(tiny_segformer(NUM_CLASSES), _dataset(shapes), out, overwrite=True)
+    assert os.path.isfile(out / "checkpoints" / "epoch-001.weights.h5")
+    for name in mine:
         assert (out / name).read_bytes() == b"mine"
+    assert not set(mine) & set(run_files.run_files(out))
 
 
 def test_a_run_list_names_nothing_outside_the_run(tmp_path):

@@ -169,9 +169,12 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             "previous": previous,
         }
         write_text(os.path.join(self.backup_dir, self.STATE), json.dumps(state))
-        keep = {self.STATE, name, previous and previous["weights"]}
-        for other in os.listdir(self.backup_dir):
-            # Only the states this callback wrote.
+        keep = {name, previous and previous["weights"]}
+        # Only the states this callback wrote (named by the state before),
+        # never another file of such a name.
+        written = [old, old and old.get("previous")] if old else []
+        for entry in written:
+            other = str((entry or {}).get("weights"))
             if other not in keep and _STATE_WEIGHTS.fullmatch(other):
                 _remove(os.path.join(self.backup_dir, other))
 

@@ -102,7 +102,7 @@ class RunStatus:
         )
 
 
-def check_run(out_dir, *, epochs, settings=None):
+def check_run(out_dir, *, epochs, settings=None, cleared=False):
     """Read the run in ``out_dir`` and check it against a new request.
 
     Args:
@@ -111,6 +111,9 @@ def check_run(out_dir, *, epochs, settings=None):
         settings: dict or None. Settings of the request; each one also
             recorded in ``run.json`` must be equal there. Keys starting
             with ``--`` are named as command-line flags in messages.
+        cleared: bool. ``out_dir``'s run was just cleared (``clear_run``):
+            what is left of a run's names is the user's, and a new run
+            starts beside it.
 
     Returns:
         ``RunStatus``.
@@ -126,7 +129,7 @@ def check_run(out_dir, *, epochs, settings=None):
     words = _words(flags)
     status = RunStatus(out_dir, int(epochs), flags=flags)
     record = _read_json(os.path.join(out_dir, RUN_FILE))
-    if record is None:
+    if record is None and not cleared:
         found = [
             name
             for name in RUN_ENTRIES
@@ -139,6 +142,7 @@ def check_run(out_dir, *, epochs, settings=None):
                 f"{words['overwrite']} removes only a run's). Move them, or "
                 f"choose another {words['out']}."
             )
+    if record is None:
         return status
     status.record = record
     recorded = record.get("settings", {})
@@ -239,6 +243,8 @@ def remove_backup(out_dir):
     """Remove the backup states of the run in ``out_dir`` (the run's files
     in ``backup/`` only; the folder too where it is left empty)."""
     backup = os.path.join(os.fspath(out_dir), BACKUP)
+    if not os.path.lexists(os.path.join(out_dir, RUN_FILE)):
+        return  # no run: nothing in backup/ is a run's
     removed = [f for f in run_files(out_dir) if f.startswith(f"{BACKUP}/")]
     for relative in removed:
         _remove(_join(out_dir, relative))

@@ -61,11 +61,15 @@ def _prepare_run(out_dir, epochs, steps_per_epoch, settings, overwrite, found):
         if not overwrite:  # the chief's refusal, here too
             check_run(out_dir, epochs=epochs, settings=settings)
         cluster_lib.barrier(found, "run folder ready")
-        return check_run(out_dir, epochs=epochs, settings=settings)
+        return check_run(
+            out_dir, epochs=epochs, settings=settings, cleared=overwrite
+        )
     if overwrite:
         clear_run(out_dir, settings)  # the run's files only
     _remove_leftovers(out_dir)
-    status = check_run(out_dir, epochs=epochs, settings=settings)
+    status = check_run(
+        out_dir, epochs=epochs, settings=settings, cleared=overwrite
+    )
     backup = os.path.join(out_dir, BACKUP)
     if status.source != "backup" and os.path.exists(backup):
         remove_backup(out_dir)  # older than model.keras (a cleanup cut short)
