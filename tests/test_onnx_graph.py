@@ -77,6 +77,29 @@ def test_layer_norm_is_one_node(layer_class, shape, tmp_path):
     np.testing.assert_allclose(_run(session, x), want, atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "fresh", ["gamma", "beta", "both"], ids=["ones", "zeros", "initial"]
+)
+def test_layer_norm_with_initial_weights_is_one_node(fresh, tmp_path):
+    # TensorFlow's optimizer drops a scale of ones and a shift of zeros (a
+    # freshly built layer, a model before training): the shorter pattern
+    # is still one LayerNormalization with the same numbers.
+    shape = (None, None, 8)
+    layer = LayerNorm(epsilon=1e-5)
+    layer.build(shape)
+    _randomize(layer)
+    if fresh in ("gamma", "both"):
+        layer.gamma.assign(np.ones(8, "float32"))
+    if fresh in ("beta", "both"):
+        layer.beta.assign(np.zeros(8, "float32"))
+    ops, session = _convert(layer, shape, tmp_path)
+    assert ops["LayerNormalization"] == 1
+    assert not ops["ReduceMean"] and not ops["Sqrt"]
+    x = np.random.default_rng(2).normal(3.0, 0.5, (2, 5, 8)).astype("float32")
+    want = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(_run(session, x), want, atol=2e-5, rtol=0)
+
+
 def test_layer_norm_over_another_axis_is_left_decomposed(tmp_path):
     layer = keras.layers.LayerNormalization(axis=1, epsilon=1e-5)
     shape = (None, 6, None, 8)

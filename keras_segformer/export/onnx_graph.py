@@ -84,19 +84,29 @@ def _match_layer_norm(g, node):
         mean, var = moments(x)          # Mean, SquaredDifference, Mean
         inv = rsqrt(var + epsilon) * gamma
         out = x * inv + (-mean * inv + beta)
+
+    TensorFlow's graph optimizer drops a ``* gamma`` of ones and a
+    ``+ beta`` of zeros (a freshly initialized layer): those forms match
+    too, with gamma 1 and beta 0.
     """
     for scaled_t, shift_t in _operands(node):
         scaled = _producer(g, scaled_t, "Mul")
-        shift_add = _producer(g, shift_t, "AddV2", "Add")
-        if scaled is None or shift_add is None:
+        if scaled is None:
             continue
+        shift_add = _producer(g, shift_t, "AddV2", "Add")
+        shifts = [(shift_t, None)]  # beta folded away (zeros)
+        if shift_add is not None:
+            shifts += list(_operands(shift_add))
         for x, inv in _operands(scaled):
-            for shift_mul_t, beta_t in _operands(shift_add):
+            for shift_mul_t, beta_t in shifts:
                 found = _match_normalizer(g, x, inv, shift_mul_t)
                 if found is None:
                     continue
                 gamma, epsilon, channels = found
-                beta = _channel_vector(_const(g, beta_t), channels)
+                if beta_t is None:
+                    beta = np.zeros(channels, np.float32)
+                else:
+                    beta = _channel_vector(_const(g, beta_t), channels)
                 if beta is not None:
                     return x, gamma, beta, epsilon
     return None
@@ -104,11 +114,11 @@ def _match_layer_norm(g, node):
 
 def _match_normalizer(g, x, inv, shift_mul_t):
     """``(gamma, epsilon, channels)`` when ``inv`` is ``rsqrt(var(x) +
-    epsilon) * gamma`` and ``shift_mul_t`` is ``-mean(x) * inv``."""
+    epsilon) * gamma`` (or ``rsqrt(var(x) + epsilon)``: gamma 1) and
+    ``shift_mul_t`` is ``-mean(x) * inv``."""
     shift_mul = _producer(g, shift_mul_t, "Mul")
-    inv_mul = _producer(g, inv, "Mul")
     shape = g.get_shape(x)
-    if shift_mul is None or inv_mul is None or not shape or shape[-1] < 1:
+    if shift_mul is None or not shape or shape[-1] is None or shape[-1] < 1:
         return None
     negated = [a for a, b in _operands(shift_mul) if b == inv]
     neg = negated and _producer(g, negated[0], "Neg")
@@ -118,9 +128,15 @@ def _match_normalizer(g, x, inv, shift_mul_t):
     if not _is_last_axis(g, mean.input[1], x):
         return None
     channels = shape[-1]
-    for rsqrt_t, gamma_t in _operands(inv_mul):
+    inv_mul = _producer(g, inv, "Mul")
+    candidates = list(_operands(inv_mul)) if inv_mul is not None else []
+    candidates.append((inv, None))  # gamma folded away (ones)
+    for rsqrt_t, gamma_t in candidates:
         rsqrt = _producer(g, rsqrt_t, "Rsqrt")
-        gamma = _channel_vector(_const(g, gamma_t), channels)
+        if gamma_t is None:
+            gamma = np.ones(channels, np.float32)
+        else:
+            gamma = _channel_vector(_const(g, gamma_t), channels)
         add = rsqrt and _producer(g, rsqrt.input[0], "AddV2", "Add")
         if add is None or gamma is None:
             continue
