@@ -369,6 +369,30 @@ def test_sizes_that_cannot_fit_are_refused_before_any_work(
         predict_cli.check_memory([str(huge)], model, args)
 
 
+def test_evaluate_eval_size_that_cannot_fit_is_refused(tmp_path, monkeypatch):
+    # Battery case e_huge_eval_size: --eval-size 100000 died in
+    # TensorFlow's allocator (a traceback) after minutes of work.
+    from keras_segformer.cli import evaluate as evaluate_cli
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "ann").mkdir()
+    Image.new("RGB", (64, 48)).save(tmp_path / "img" / "a.png")
+    Image.new("L", (64, 48)).save(tmp_path / "ann" / "a.png")
+    monkeypatch.setattr(memory, "available_memory", lambda: 16 * 2**30)
+    args = types.SimpleNamespace(
+        images=str(tmp_path / "img"), masks=str(tmp_path / "ann"), eval_size=512
+    )
+    model = _fake_model()
+    evaluate_cli.check_memory(model, args)  # fits
+    args.eval_size = 100000
+    with pytest.raises(ValueError) as e:
+        evaluate_cli.check_memory(model, args)
+    message = str(e.value)
+    assert message.startswith("--eval-size 100000: "), message
+    assert "133333x100000 needs about" in message
+    assert "smaller --eval-size" in message and "\n" not in message
+
+
 def test_a_keras_zip_that_inflates_too_far_is_refused_unread(
     tmp_path, monkeypatch
 ):

@@ -33,6 +33,47 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
+def check_memory(model, args):
+    """Refuse, before any image is decoded, images (at ``--eval-size``)
+    that need more memory than is available (``memory.inference_bytes``),
+    naming the largest and the flag."""
+    from keras_segformer import memory
+    from keras_segformer.data import loading
+
+    dims = memory.model_dims(model)
+    if memory.available_memory() is None or dims is None:
+        return
+    images, _ = loading.resolve_pairs(args.images, args.masks)
+    largest = None
+    for path in images:
+        try:
+            height, width = loading._image_header(path)
+        except ValueError:
+            continue  # said where the image is read
+        if args.eval_size is not None:
+            factor = args.eval_size / min(height, width)
+            height, width = round(height * factor), round(width * factor)
+        if largest is None or height * width > largest[1] * largest[2]:
+            largest = (path, height, width)
+    if largest is None:
+        return
+    path, height, width = largest
+    need = memory.inference_bytes(
+        dims,
+        (height, width),
+        [(height, width)],
+        flip=False,
+        crop_size=None,
+        batch_size=1,
+    )
+    size = "" if args.eval_size is None else f"--eval-size {args.eval_size}: "
+    memory.check_fits(
+        need,
+        f"{size}{path} evaluated at {width}x{height}",
+        "pass a smaller --eval-size",
+    )
+
+
 def run(args):
     from keras_segformer.cli.common import load_any_model
     from keras_segformer.cli.tf_logs import data_error_logs_dropped
@@ -42,6 +83,7 @@ def run(args):
     model = load_any_model(
         args.model, variant=args.variant, num_classes=args.num_classes
     )
+    check_memory(model, args)
     dataset = make_dataset(
         args.images,
         args.masks,
