@@ -264,3 +264,30 @@ def test_unknown_hidden_act_is_named():
     ]:
         backbone, _ = config_to_kwargs({**config, "hidden_act": act})
         assert backbone["approximate_gelu"] is approximate
+
+
+def test_a_full_disk_is_one_line_and_nothing_half_written(
+    tmp_path, monkeypatch
+):
+    # Battery case e_convert_dir_disk_full: safetensors' SafetensorError
+    # (not an OSError) came out as a traceback and exit 1.
+    import safetensors.numpy
+
+    from keras_segformer.io_atomic import DiskFullError
+
+    def full(state, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise safetensors.SafetensorError(
+            "Error while serializing: I/O error: No space left on device "
+            "(os error 28)"
+        )
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    model = keras_segformer.build_segformer(3, decoder_hidden_size=8, **TINY)
+    with pytest.raises(DiskFullError) as e:
+        save_pretrained(model, tmp_path / "out")
+    assert e.value.exit_status == 4
+    assert str(e.value).startswith(f"cannot write {tmp_path / 'out'}")
+    assert "no space left on device" in str(e.value)
+    assert os.listdir(tmp_path / "out") == []  # no temporary, nothing else

@@ -7,6 +7,7 @@ plans, read backwards, so
 directory and gives the same numbers.
 """
 
+import errno
 import json
 import os
 import warnings
@@ -348,6 +349,7 @@ def save_pretrained(model, directory, image_size=None):
     """
     from safetensors.numpy import save_file
 
+    from keras_segformer.io_atomic import no_space
     from keras_segformer.training.run_files import write_atomic
 
     config = hf_config(model)
@@ -387,8 +389,16 @@ def save_pretrained(model, directory, image_size=None):
     def as_json(obj):
         return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
+    def weights(temporary):
+        try:
+            save_file(state, temporary, metadata={"format": "pt"})
+        except Exception as error:  # safetensors' own error, no OSError
+            if isinstance(error, OSError) or not no_space(error):
+                raise
+            raise OSError(errno.ENOSPC, str(error)) from None
+
     writers = {
-        "weights": lambda t: save_file(state, t, metadata={"format": "pt"}),
+        "weights": weights,
         "preprocessor": text(as_json(preprocessor)),
         "readme": text(model_card(model, config, preprocessor)),
         "config": text(as_json(config)),
