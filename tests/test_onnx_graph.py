@@ -81,9 +81,8 @@ def test_layer_norm_is_one_node(layer_class, shape, tmp_path):
     "fresh", ["gamma", "beta", "both"], ids=["ones", "zeros", "initial"]
 )
 def test_layer_norm_with_initial_weights_is_one_node(fresh, tmp_path):
-    # TensorFlow's optimizer drops a scale of ones and a shift of zeros (a
-    # freshly built layer, a model before training): the shorter pattern
-    # is still one LayerNormalization with the same numbers.
+    # A freshly built layer (a model before training) scales by ones and
+    # shifts by zeros: still one LayerNormalization, the same numbers.
     shape = (None, None, 8)
     layer = LayerNorm(epsilon=1e-5)
     layer.build(shape)
@@ -165,9 +164,12 @@ def test_gelu_becomes_onnx_runtime_gelu(tmp_path):
     assert [node.op_type for node in optimized.graph.node] == ["Gelu"]
 
 
-def test_segformer_graph(tmp_path):
+@pytest.mark.parametrize("trained", [True, False], ids=["trained", "fresh"])
+def test_segformer_graph(trained, tmp_path):
     model = tiny_segformer(num_classes=3)
-    for layer in model._flatten_layers():
+    # A fresh model (the benchmark's, layer norms scaling by ones and
+    # shifting by zeros) and a trained one: one node per layer norm.
+    for layer in model._flatten_layers() if trained else ():
         if not layer._flatten_layers(include_self=False):
             _randomize(layer, seed=len(layer.name))
     norms = sum(
