@@ -4,6 +4,7 @@ output of the same kind, never the input model or a training run; an
 extension of another format is refused (see ``keras_segformer.cli
 .export``)."""
 
+import errno
 import os
 import shutil
 
@@ -11,7 +12,7 @@ import keras
 import pytest
 from conftest import tiny_segformer
 
-from keras_segformer import cli
+from keras_segformer import cli, io_atomic
 from keras_segformer.cli import export as export_cli
 
 # File headers of earlier exports (real tf2onnx / TFLite output starts so).
@@ -317,3 +318,80 @@ def test_convert_overwrites_only_an_earlier_transformers_folder(
     assert status == 2
     _error(err, f"--out {out}", "README.md")
     assert (out / "README.md").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "error, said, status",
+    [
+        # Battery case e_export_readonly: '[Errno 30] Read-only file
+        # system: '.../.m.tmp-PID.onnx'', the temporary, not --out.
+        (
+            lambda temp: OSError(errno.EROFS, "Read-only file system", temp),
+            "--out {out}: cannot write there: read-only file system.",
+            2,
+        ),
+        # Battery case e_export_sm_disk_full: TensorFlow's writer of the
+        # temporary folder; the line named '.sm.tmp-PID'.
+        (
+            lambda temp: io_atomic.disk_full_error(
+                temp, OSError(errno.ENOSPC, "No space left on device")
+            ),
+            "cannot write {out}: no space left on device",
+            4,
+        ),
+    ],
+)
+def test_export_errors_name_out_not_the_temporary(
+    model_file, tmp_path, capsys, monkeypatch, error, said, status
+):
+    import keras_segformer.export
+
+    def failing_export(model, path, format, **kwargs):
+        raise error(path)
+
+    monkeypatch.setattr(keras_segformer.export, "export_model", failing_export)
+    out = tmp_path / "m.onnx"
+    code, err = _main(capsys, *_export(model_file, "onnx", out))
+    assert code == status
+    _error(err, said.format(out=out))
+    assert ".tmp" not in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_convert_on_a_full_disk_names_out(
+    hf_dir, tmp_path, capsys, monkeypatch
+):
+    # Battery case e_convert_dir_disk_full: safetensors' SafetensorError
+    # came out as a traceback (exit 1); then the line named the temporary
+    # folder '.hf.tmp-PID'.
+    import safetensors.numpy
+
+    def full(state, path, metadata=None):
+        raise safetensors.SafetensorError(
+            "Error while serializing: I/O error: No space left on device "
+            "(os error 28)"
+        )
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    out = tmp_path / "hf"
+    code, err = _main(capsys, "convert", hf_dir, "--out", out)
+    assert code == 4
+    _error(err, f"cannot write {out}: no space left on device")
+    assert ".tmp" not in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_to_a_read_only_folder_names_out(
+    model_file, tmp_path, capsys, monkeypatch
+):
+    # Battery case e_export_readonly: removing an entry left at the
+    # temporary name fails first there (EROFS even for no entry).
+    def read_only(path):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(io_atomic, "remove", read_only)
+    out = tmp_path / "m.onnx"
+    code, err = _main(capsys, *_export(model_file, "onnx", out))
+    assert code == 2
+    _error(err, f"--out {out}: cannot write there: read-only file system.")
+    assert ".tmp" not in err, err

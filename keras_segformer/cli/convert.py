@@ -41,7 +41,7 @@ from keras_segformer.cli.outputs import (
     check_not_input,
     entries,
     listing,
-    written_in_place,
+    written_to_out,
 )
 
 # keras_segformer.convert's FORMATS and TASKS (a test checks they are
@@ -304,7 +304,7 @@ def _save_folder(model, out):
     to ``out`` once complete."""
     from keras_segformer.convert.to_hf import save_pretrained
 
-    with written_in_place(out) as temp:
+    with written_to_out(out) as temp:
         save_pretrained(model, temp)
 
 

@@ -42,7 +42,7 @@ from keras_segformer.cli.outputs import (
     check_not_input,
     entries,
     listing,
-    written_in_place,
+    written_to_out,
 )
 from keras_segformer.export.formats import (
     FORMAT_ALIASES,
@@ -299,7 +299,7 @@ def run(args):
     )
     _check_memory(model, args.input_size)
     format = canonical_format(args.format)
-    with written_in_place(args.out) as temp:
+    with written_to_out(args.out) as temp:
         export_model(
             model,
             temp,

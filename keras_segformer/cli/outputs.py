@@ -4,14 +4,43 @@ of the same kind is not; replace only with ``--overwrite``; write under a
 temporary name and rename into place (``keras_segformer.io_atomic``; the
 rule: ``keras_segformer.cli.export``'s docstring)."""
 
+import contextlib
 import os
 
 # The package's one writer (re-exported: export and convert use them).
 from keras_segformer.io_atomic import (  # noqa: F401
+    disk_full_error,
     move_into_place,
+    no_space,
     occupied,
+    temporary_path,
     written_in_place,
 )
+
+
+@contextlib.contextmanager
+def written_to_out(out):
+    """``written_in_place(out)`` for ``--out``: an error of a write under
+    the temporary name names ``--out`` instead (the user never chose the
+    temporary): a full disk, a read-only file system."""
+    # Named before written_in_place removes an entry left there: on a
+    # read-only file system that removal already fails (EROFS).
+    temp = temporary_path(os.path.abspath(out))
+    try:
+        with written_in_place(out) as temp:
+            yield temp
+    except OSError as error:
+        if no_space(error):
+            raise disk_full_error(out, error) from None
+        if os.path.basename(temp) not in f"{error} {error.filename}":
+            raise
+        reason = (error.strerror or str(error)).rstrip(".")
+        named = OSError(
+            f"--out {out}: cannot write there: "
+            f"{reason[:1].lower()}{reason[1:]}."
+        )
+        named.errno = error.errno
+        raise named from None
 
 
 def entries(folder):
