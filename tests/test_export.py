@@ -18,6 +18,7 @@ the CLI's argument handling), is checked once, on TensorFlow.
 import contextlib
 import io
 import os
+import warnings
 import zipfile
 
 import keras
@@ -756,3 +757,33 @@ def test_exported_model_says_what_it_takes(exported, keras_exported):
     assert saved.format == "tf_saved_model" and dynamic.format == "litert"
     with pytest.raises(ValueError, match="at least 29x29 pixels"):
         saved(_images(rng, (20, 64)))
+
+
+def test_exported_model_refuses_integer_pixels_for_normalized_input(exported):
+    """Battery case f_exported_model_bad_input: uint8 pixels fed to an
+    artifact exported without preprocessing were cast and segmented as
+    garbage; the Keras model raises a TypeError for them."""
+    _, paths = exported
+    rng = np.random.default_rng(15)
+    pixels = rng.integers(0, 256, (1, *SIZES[0], 3), dtype=np.uint8)
+    for name in ("float.onnx", "float_saved_model"):
+        run = ExportedModel(paths[name])
+        assert run.input_pixels == "normalized"
+        with pytest.raises(TypeError) as e:
+            run(pixels)
+        message = str(e.value)
+        assert message.startswith(f"{name} takes normalized float32 images")
+        assert "received uint8 pixels" in message
+        assert "--include-preprocessing" in message and "\n" not in message
+        assert run(_images(rng, SIZES[0])).shape[0] == 2  # floats: taken
+    # A TFLite file does not record it: taken, with a warning.
+    run = ExportedModel(paths["float.tflite"])
+    assert run.input_pixels is None
+    with pytest.warns(UserWarning, match="does not record whether"):
+        assert run(pixels).shape[0] == 1
+    if ON_TENSORFLOW:  # raw pixels: integers taken without a word
+        run = ExportedModel(paths["prepost.onnx"])
+        assert run.input_pixels == "raw"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            run(pixels)

@@ -150,3 +150,10 @@ def test_int8_agrees_with_float32(artifacts, fmt):
     agreement = (got.argmax(-1) == expected).mean()
     print(f"int8 {fmt} argmax agreement: {agreement:.4f}")
     assert agreement >= MIN_AGREEMENT, agreement
+
+
+def test_int8_onnx_records_that_it_takes_normalized_pixels(artifacts):
+    # ONNX Runtime's quantization keeps the float file's metadata: integer
+    # pixels are refused as for the float file (test_export.py).
+    _, paths = artifacts
+    assert ExportedModel(paths["int8.onnx"]).input_pixels == "normalized"

@@ -38,6 +38,10 @@ QUANTIZED_FORMATS = {"float16": ("litert",), "int8": ("litert", "onnx")}
 INPUT_DTYPES = ("float32", "uint8")
 # The opset every ONNX artifact is written with.
 ONNX_OPSET = 17
+# What an artifact takes, recorded in it for ``ExportedModel``: "raw"
+# (0-255 pixels) or "normalized" (float32 ImageNet-normalized pixels).
+# An ONNX file's metadata key; a SavedModel's string variable.
+INPUT_PIXELS = "keras_segformer_input_pixels"
 
 
 def model_normalizes(model):

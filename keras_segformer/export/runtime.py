@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 from keras_segformer.configs import COMMON, min_input_size
+from keras_segformer.export.formats import INPUT_PIXELS
 
 # The smallest image side any SegFormer takes (the variants share the
 # patch embeddings and reduction ratios).
@@ -99,6 +100,10 @@ class ExportedModel:
         output_name: str or None. The only output's name (None when
             there are several).
         input_dtype: numpy dtype of the ``images`` input.
+        input_pixels: str or None. ``"raw"`` (0-255 pixels: integer
+            images are taken) or ``"normalized"`` (float32 normalized
+            images: integer ones are refused); None where the artifact
+            does not record it (integer images are taken with a warning).
 
     Example:
     >>> run = ExportedModel("out/segformer.onnx")
@@ -107,6 +112,8 @@ class ExportedModel:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self.input_pixels = None  # an artifact that does not say
+        self._warned = False
         self.format = artifact_format(self.path)
         if self.format == "tf_saved_model":
             tf = _runtime("tensorflow", "a SavedModel")
@@ -119,6 +126,9 @@ class ExportedModel:
             )
             self.output_names = sorted(fn.structured_outputs)
             self._fn = fn
+            pixels = getattr(self._loaded, INPUT_PIXELS, None)
+            if pixels is not None:
+                self.input_pixels = pixels.numpy().decode()
         elif self.format == "litert":
             interpreter = _tflite_interpreter(self.path)
             runner = interpreter.get_signature_runner()
@@ -144,8 +154,12 @@ class ExportedModel:
             self.input_shape = _dims(inp.shape)
             self.output_names = [o.name for o in session.get_outputs()]
             self._fn = session
+            props = session.get_modelmeta().custom_metadata_map
+            self.input_pixels = props.get(INPUT_PIXELS)
         names = self.output_names
         self.output_name = names[0] if len(names) == 1 else None
+        if self.input_dtype == np.uint8:
+            self.input_pixels = "raw"
 
     def __call__(self, images):
         """Run the artifact.
@@ -168,6 +182,7 @@ class ExportedModel:
         """
         x = np.asarray(images)
         self._check(x.shape)
+        self._check_pixels(x.dtype)
         x = np.ascontiguousarray(x.astype(self.input_dtype))
         if self.format == "tf_saved_model":
             out = self._fn(images=x)
@@ -180,6 +195,34 @@ class ExportedModel:
         if self.output_name is not None:
             return out[self.output_name]
         return {name: out[name] for name in self.output_names}
+
+    def _check_pixels(self, dtype):
+        """Refuse integer pixels for an artifact that takes normalized
+        float32 images (exported without preprocessing): cast, they
+        would be segmented as garbage (the Keras model raises a
+        TypeError); warn where the artifact does not say what it takes
+        (exported by an earlier version, or a TFLite file)."""
+        if self.input_pixels == "raw" or not (
+            np.issubdtype(dtype, np.integer) or dtype == np.bool_
+        ):
+            return
+        name = os.path.basename(os.path.normpath(self.path))
+        said = (
+            f"{name} takes normalized float32 images (ImageNet mean and "
+            "std: keras_segformer.inference.normalize_image); received "
+            f"{dtype} pixels. Normalize them first, or export with "
+            "--include-preprocessing (include_preprocessing=True) to feed "
+            "raw 0-255 pixels"
+        )
+        if self.input_pixels == "normalized":
+            raise TypeError(f"{said}.")
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{name} does not record whether it takes raw or normalized "
+                f"pixels: if it {said[len(name) + 1 :]}.",
+                stacklevel=3,
+            )
 
     def _check(self, shape):
         """Refuse images the artifact cannot take, in one line naming what

@@ -15,7 +15,11 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_segformer.export.formats import ONNX_OPSET, model_normalizes
+from keras_segformer.export.formats import (
+    INPUT_PIXELS,
+    ONNX_OPSET,
+    model_normalizes,
+)
 from keras_segformer.inference.processing import normalize_image
 from keras_segformer.io_atomic import (
     disk_full_error,
@@ -135,7 +139,7 @@ def _unnamed(fn):
     )
 
 
-def write_saved_model(fn, path):
+def write_saved_model(fn, path, normalized_input=None):
     """Write a SavedModel as Keras' ``model.export`` does: ``serve``
     returns the output tensor (a list for several outputs), and the
     ``serving_default`` signature keeps the named outputs (``logits`` or
@@ -144,9 +148,13 @@ def write_saved_model(fn, path):
     Args:
         fn: ``tf.function`` from ``serving_function``.
         path: str. Output directory.
+        normalized_input: bool or None. Recorded for ``ExportedModel``
+            (``INPUT_PIXELS``): the artifact takes normalized pixels.
     """
     holder, concrete = _holder(fn)
     holder.serve = _unnamed(fn)
+    if normalized_input is not None:
+        setattr(holder, INPUT_PIXELS, tf.Variable(_pixels(normalized_input)))
     with written_in_place(path) as temp:  # a link at `path` is replaced
         try:
             tf.saved_model.save(holder, temp, signatures={SIGNATURE: concrete})
@@ -223,6 +231,10 @@ def write_tflite(
     write_bytes(path, flatbuffer)  # atomic; a link there is replaced
 
 
+def _pixels(normalized_input):
+    return "normalized" if normalized_input else "raw"
+
+
 def _erfc_handler(ctx, node, name, args):
     # TF's exact GELU uses Erfc, which ONNX lacks: erfc(x) = 1 - erf(x).
     from tf2onnx import utils
@@ -234,7 +246,7 @@ def _erfc_handler(ctx, node, name, args):
     ctx.replace_inputs(node, [one.output[0], erf.output[0]])
 
 
-def write_onnx(fn, path, opset=ONNX_OPSET):
+def write_onnx(fn, path, opset=ONNX_OPSET, normalized_input=None):
     """Convert ``fn`` to ONNX with tf2onnx.
 
     Input ``images`` and output ``logits`` (or ``mask``) keep the
@@ -246,6 +258,8 @@ def write_onnx(fn, path, opset=ONNX_OPSET):
         fn: ``tf.function`` from ``serving_function``.
         path: str. Output ``.onnx`` file.
         opset: int. ONNX opset.
+        normalized_input: bool or None. Recorded for ``ExportedModel``
+            in the model's metadata (``INPUT_PIXELS``).
     """
     try:
         import onnx
@@ -280,6 +294,10 @@ def write_onnx(fn, path, opset=ONNX_OPSET):
             del os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS]
         else:
             os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS] = catch_errors
+    if normalized_input is not None:
+        onnx.helper.set_model_props(
+            model_proto, {INPUT_PIXELS: _pixels(normalized_input)}
+        )
     write_atomic(path, lambda temp: onnx.save(model_proto, temp))
 
 
@@ -290,7 +308,7 @@ def _write_int8_onnx(fn, job):
 
     with tempfile.TemporaryDirectory(prefix="keras_segformer_onnx_") as tmp:
         float_path = os.path.join(tmp, "float.onnx")
-        write_onnx(fn, float_path)
+        write_onnx(fn, float_path, normalized_input=job["normalized_input"])
         batches = onnx_quantize.calibration_batches(
             job["representative_images"],
             job["input_dtype"],
@@ -326,7 +344,7 @@ def export_job(model, job, cache=None):
         cache[key] = serving_function(model, **options)
     fn = cache[key]
     if job["format"] == "tf_saved_model":
-        write_saved_model(fn, job["path"])
+        write_saved_model(fn, job["path"], job["normalized_input"])
     elif job["format"] == "litert":
         write_tflite(
             fn,
@@ -338,6 +356,6 @@ def export_job(model, job, cache=None):
     elif job["format"] == "onnx" and job["quantization"] == "int8":
         _write_int8_onnx(fn, job)
     elif job["format"] == "onnx":
-        write_onnx(fn, job["path"])
+        write_onnx(fn, job["path"], normalized_input=job["normalized_input"])
     else:
         raise ValueError(f"Unknown export format {job['format']!r}.")
