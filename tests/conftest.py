@@ -165,6 +165,11 @@ BACKEND_INDEPENDENT = {
         "test_bf16_anyway_runs_the_bf16_columns",
         "test_transformers_bf16_column",
         "test_transformers_bf16_step_runs_under_autocast",
+        # Deployed columns: worker processes export and time on their own
+        # backends; parsing; the kept-artifact record.
+        "test_deployed_columns",
+        "test_deployed_columns_parse_and_refuse",
+        "test_kept_artifacts_are_reused",
     },
     # Checkpoint readers, format detection and the torch-only references.
     "test_convert_formats.py": {
@@ -379,6 +384,9 @@ RUN_ONCE = {
     "test_to_hf.py": {
         "test_pipeline_runs_on_saved_folder_and_its_masks_equal_ours",
     },
+    # An artifact of a trained model scored like the model (the export
+    # runs through TensorFlow's graph from every backend).
+    "test_benchmark.py": {"test_deployed_quality_on_a_trained_model"},
     # HDF5 kept off the disk (h5py's writer is the same on every backend);
     # a subprocess with its own Keras import.
     "test_reliability_files.py": {
