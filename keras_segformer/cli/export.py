@@ -35,6 +35,7 @@ Output (``--out``), here and in ``convert``:
 """
 
 import os
+import warnings
 
 from keras_segformer.cli.common import add_model_arguments, image_size
 from keras_segformer.cli.outputs import (
@@ -257,10 +258,11 @@ def check_out(out, format, model, overwrite=False):
     )
 
 
-def _check_memory(model, input_size):
-    """Refuse an ``--input-size`` at which one image through the model
-    needs more memory than this machine has (``memory.inference_bytes``):
-    the exported model could not run it here, nor calibrate on it."""
+def _check_memory(model, input_size, quantization):
+    """An ``--input-size`` at which one image through the model needs more
+    memory than this machine has (``memory.inference_bytes``): refused
+    for int8, whose calibration runs the model at that size here; a
+    warning otherwise (the artifact may be meant for a larger machine)."""
     from keras_segformer import memory
 
     dims = memory.model_dims(model)
@@ -271,12 +273,26 @@ def _check_memory(model, input_size):
         dims, (height, width), [(height, width)], flip=False,
         crop_size=None, batch_size=1,
     )  # fmt: skip
-    memory.check_fits(
-        need,
-        f"--input-size {height} {width} (one image through the model)",
+    what = f"--input-size {height} {width} (one image through the model)"
+    remedy = (
         "use a smaller --input-size, or leave it out (dynamic height and "
-        "width) and run large images in sliding windows (predict --slide)",
+        "width) and run large images in sliding windows (predict --slide)"
     )
+    if quantization == "int8":
+        what = (
+            f"--input-size {height} {width} with --quantization int8 "
+            "(calibration runs the model here)"
+        )
+        memory.check_fits(need, what, remedy)
+        return
+    try:
+        memory.check_fits(need, what, remedy)
+    except ValueError as e:
+        warnings.warn(
+            f"{e} The artifact is written: it can run only on a machine "
+            "with that much memory.",
+            stacklevel=2,
+        )
 
 
 def run(args):
@@ -297,7 +313,7 @@ def run(args):
     model = load_any_model(
         args.model, variant=args.variant, num_classes=args.num_classes
     )
-    _check_memory(model, args.input_size)
+    _check_memory(model, args.input_size, args.quantization)
     format = canonical_format(args.format)
     with written_to_out(args.out) as temp:
         export_model(
