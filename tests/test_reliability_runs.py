@@ -263,6 +263,25 @@ def test_a_dataset_of_float_labels_is_checked_as_it_is_read(tmp_path):
     assert os.path.isfile(tmp_path / "b" / "model.keras")
 
 
+def test_model_fit_and_evaluate_check_a_dataset_of_float_labels():
+    # keras.Model.fit / evaluate on the model itself (no trainer): float
+    # labels with a fraction are refused as they are read, not truncated
+    # into class ids; as training data, validation data, or to evaluate.
+    model = tiny_segformer(NUM_CLASSES)
+    model.compile(optimizer="adam")
+    expected = "The dataset's labels are float32 with a fractional part"
+    good, bad = _float_label_data(1.0), _float_label_data(1.5)
+    for call in (
+        lambda: model.fit(bad, epochs=1, verbose=0),
+        lambda: model.fit(good, validation_data=bad, epochs=1, verbose=0),
+        lambda: model.evaluate(bad, verbose=0),
+        lambda: model.evaluate(x=bad, verbose=0),
+    ):
+        with pytest.raises(DataError, match=expected):
+            call()
+    model.fit(good, validation_data=good, epochs=1, verbose=0)
+
+
 # -- sizes that cannot fit ---------------------------------------------------
 
 

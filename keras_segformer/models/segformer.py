@@ -23,6 +23,7 @@ from keras_segformer.training.losses import (
     SegFormerLoss,
     check_integer_labels,
     check_label_size,
+    checked_datasets,
     foreign_objectives,
 )
 from keras_segformer.training.metrics import MeanIoU
@@ -255,12 +256,17 @@ class _TaskModel(HubIO, ImageInputChecks, DirectGraph, keras.Model):
         if len(args) < 8 and "shuffle" not in kwargs and _is_tf_dataset(x):
             kwargs["shuffle"] = False
         check_integer_labels(args[1] if len(args) > 1 else kwargs.get("y"))
+        # Float labels of a tf.data dataset: checked batch by batch.
+        args, kwargs = checked_datasets(args, kwargs, ("x", 0))
+        args, kwargs = checked_datasets(args, kwargs, ("validation_data", 7))
         with self._guarded():
             return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
-        """``keras.Model.evaluate``, with data errors as in ``fit``."""
+        """``keras.Model.evaluate``, with data errors and label checks as
+        in ``fit``."""
         check_integer_labels(args[1] if len(args) > 1 else kwargs.get("y"))
+        args, kwargs = checked_datasets(args, kwargs, ("x", 0))
         with self._guarded():
             return super().evaluate(*args, **kwargs)
 

@@ -422,3 +422,17 @@ def check_label_size(y, y_pred, objectives):
         "MeanIoU metric, which upsample the logits to the labels' size, or "
         "resize the labels to the logits' size."
     )
+
+
+def checked_datasets(args, kwargs, argument):
+    """``(args, kwargs)`` with the dataset passed as ``argument`` (its
+    keyword and position) wrapped by ``check_label_dataset`` (float
+    labels checked batch by batch; anything else unchanged)."""
+    name, position = argument
+    if len(args) > position:
+        args = list(args)
+        args[position] = check_label_dataset(args[position])
+        return tuple(args), kwargs
+    if name in kwargs:
+        kwargs = dict(kwargs, **{name: check_label_dataset(kwargs[name])})
+    return args, kwargs
