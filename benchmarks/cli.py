@@ -2,6 +2,7 @@
 ``python -m benchmarks``, ``keras-segformer benchmark`` in a checkout)."""
 
 import argparse
+import math
 import sys
 
 from benchmarks.cases import (
@@ -12,6 +13,32 @@ from benchmarks.cases import (
     QUICK_CASES,
     default_case_names,
 )
+
+
+def _number(convert, accept, expected):
+    """argparse type: ``convert(text)``, finite, that ``accept`` takes;
+    else argparse's one line "argument --flag: expected ..., got ...".
+    (keras_segformer/cli/common.py has the same helpers, but importing it
+    loads Keras into this parent process, which stays without it.)"""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not accept(value):
+            raise argparse.ArgumentTypeError(
+                f"expected {expected}, got {text!r}"
+            )
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+_count = _number(int, lambda v: v >= 0, "an int >= 0")
+_positive_int = _number(int, lambda v: v >= 1, "an int >= 1")
+_seconds = _number(float, lambda v: v > 0, "a finite number of seconds > 0")
 
 
 def _impls_help():
@@ -76,17 +103,17 @@ def _add_selection(parser):
 
 def _add_timing(parser):
     parser.add_argument(
-        "--warmup", type=int, help="untimed calls first (default 3; quick 1)"
+        "--warmup", type=_count, help="untimed calls first (default 3; quick 1)"
     )
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=_positive_int,
         help="most timed calls (default 10; quick 2); at least 3 (or this, "
         "if less) are made",
     )
     parser.add_argument(
         "--budget",
-        type=float,
+        type=_seconds,
         default=20.0,
         help="seconds of timed calls after which a figure stops (after 3)",
     )
@@ -99,13 +126,13 @@ def _add_timing(parser):
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_positive_int,
         help="threads per worker (OMP/MKL/TF intra-op env, torch); default: "
         "each library's own default (all cores); JAX is not limited",
     )
     parser.add_argument(
         "--matmul-size",
-        type=int,
+        type=_positive_int,
         help="side of the matmul peak measurement (default 2048, GPU "
         "8192; quick 256)",
     )
@@ -131,7 +158,7 @@ def _add_timing(parser):
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=1800.0,
         help="seconds before a worker is stopped and marked 'timeout'",
     )

@@ -884,3 +884,33 @@ def test_kept_artifacts_are_reused(tmp_path):
     }
     os.remove(spec["reference_path"])
     assert deploy_runs._kept_export(spec, stem) is None
+
+
+@pytest.mark.parametrize(
+    "flag, bad",
+    [
+        ("--budget", ["0", "-1", "nan", "inf"]),
+        ("--timeout", ["0", "-1", "nan", "inf"]),
+        ("--threads", ["0", "-1", "nan"]),
+        ("--matmul-size", ["0", "-1", "nan"]),
+        ("--warmup", ["-1", "nan", "inf"]),
+        ("--repeats", ["0", "-1", "nan"]),
+    ],
+)
+def test_timing_options_refuse_bad_values(flag, bad, capsys):
+    """A bad timing value is refused when the options are read (exit 2,
+    one line naming the flag); --budget 0 and --threads -1 ran to the end
+    and exited 0."""
+    parser = cli.add_arguments(argparse.ArgumentParser())
+    for text in bad:
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args([flag, text])
+        assert stop.value.code == 2, (flag, text)
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"argument {flag}: expected" in err and repr(text) in err
+    args = parser.parse_args(
+        ["--budget", "0.5", "--timeout", "60", "--threads", "1"]
+        + ["--matmul-size", "64", "--warmup", "0", "--repeats", "1"]
+    )
+    assert (args.budget, args.timeout, args.threads) == (0.5, 60.0, 1)
+    assert (args.matmul_size, args.warmup, args.repeats) == (64, 0, 1)
