@@ -277,3 +277,27 @@ def test_jax_compilation_cache_folder(monkeypatch, tmp_path):
     assert cli.jax_compilation_cache_dir() is None
     cli._use_jax_compilation_cache()
     assert os.environ[cli.JAX_CACHE_ENV] == ""  # left alone
+
+
+@pytest.mark.parametrize(
+    "shape, scales, view",
+    [((10, 12), [], ""), ((40, 36), ["--scales", "0.5"], " makes it 18x20")],
+)
+def test_too_small_image_names_the_file(
+    keras_file, tmp_path, capsys, shape, scales, view
+):
+    """An image the model cannot take is one line naming the file, its
+    size (width x height) and the smallest the model takes; it said
+    `scale 1.0 (size=None) resizes the 10x10 image to 10x10`."""
+    from keras_segformer.cli.common import MIN_IMAGE_SIZE as m
+
+    path = tmp_path / "t.png"
+    Image.fromarray(np.zeros((*shape, 3), np.uint8)).save(path)
+    argv = ["--model", str(keras_file), "--input", str(path)]
+    rc = cli.main(["predict", *argv, "--output", str(tmp_path / "o"), *scales])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    size = f"{shape[1]}x{shape[0]} pixels"
+    assert f"{path} is {size}" in err and view in err
+    assert f"takes images of at least {m}x{m} pixels" in err
+    assert not (tmp_path / "o" / "t_mask.png").exists()

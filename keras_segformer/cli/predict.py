@@ -219,23 +219,57 @@ def _header_size(path):
         return None
 
 
-def check_memory(files, model, args):
-    """Refuse, before any image is decoded, an image and ``--scales`` that
-    need more memory than is available (``memory.inference_bytes``),
-    naming the flag and ``--slide``."""
+def header_sizes(files):
+    """``(width, height)`` of each file from its header, None where it
+    cannot be read (said where the image is read)."""
     from PIL import Image
 
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        return [_header_size(path) for path in files]
+    finally:
+        # PIL's own bound stays for decoding; an image past it is refused
+        # by check_memory, with its size, if it cannot fit.
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def check_sizes(files, sizes, segmenter):
+    """Refuse, before the model runs, an image that one of ``--scales``
+    makes smaller than the model takes: one line naming the file, its
+    size and the smallest the model takes (the Segmenter's own error
+    names neither the file nor the flag)."""
+    from keras_segformer.inference.processing import resolve_size
+
+    s, least = segmenter, segmenter.min_input_size
+    if least is None or (s.mode == "slide" and s.pad_to_crop):
+        return  # slide windows are padded to the crop size
+    for path, size in zip(files, sizes):
+        for scale in s.scales if size is not None else ():
+            width, height = size
+            h, w = resolve_size(
+                height, width, s.size, scale, s.max_size, s.size_divisor
+            )
+            if min(h, w) >= least:
+                continue
+            view = f" (--scales {scale:g} makes it {w}x{h})"
+            raise ValueError(
+                f"{path} is {width}x{height} pixels"
+                f"{view if (h, w) != (height, width) else ''}: the model "
+                f"takes images of at least {least}x{least} pixels. Enlarge "
+                "it" + (", or use larger --scales." if scale < 1 else ".")
+            )
+
+
+def check_memory(files, model, args, sizes=None):
+    """Refuse, before any image is decoded, an image and ``--scales`` that
+    need more memory than is available (``memory.inference_bytes``),
+    naming the flag and ``--slide``. ``sizes``: ``header_sizes(files)``."""
     dims = model_dims(model)
     if memory.available_memory() is None or dims is None:
         return
+    if sizes is None:
+        sizes = header_sizes(files)
     crop = size_pair(args.crop_size) if args.slide else None
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-    try:
-        sizes = [_header_size(path) for path in files]
-    finally:
-        # PIL's own bound stays for decoding; an image past it is refused
-        # here, with its size, if it cannot fit.
-        Image.MAX_IMAGE_PIXELS = limit
     scales = " ".join(f"{s:g}" for s in args.scales)
     hint = (
         "smaller --crop-size / --batch-size"
@@ -357,7 +391,8 @@ def run(args):
     model = load_any_model(
         args.model, variant=args.variant, num_classes=args.num_classes
     )
-    check_memory(files, model, args)
+    sizes = header_sizes(files)
+    check_memory(files, model, args, sizes)
     segmenter = Segmenter(
         model,
         mode="slide" if args.slide else "whole",
@@ -367,6 +402,7 @@ def run(args):
         flip=args.flip,
         batch_size=args.batch_size,
     )
+    check_sizes(files, sizes, segmenter)
     palette, class_names = resolve_palette(args.palette, model)
     progress = None
     if len(files) > 1:
