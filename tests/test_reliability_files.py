@@ -322,6 +322,56 @@ def test_interrupts_and_faults_are_one_line_and_a_status(
     assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
+# A command interrupted whose shutdown takes a while (TensorFlow's takes
+# seconds): a thread the interpreter waits for at exit.
+_SLOW_SHUTDOWN = """
+import sys, threading, time
+import keras_segformer.cli as cli
+
+def _main(argv):
+    print("ready", flush=True)
+    try:
+        time.sleep(60)
+    finally:
+        threading.Thread(target=time.sleep, args=(3,)).start()
+
+cli._main = _main
+sys.exit(cli.main())
+"""
+
+
+def test_a_second_interrupt_during_the_shutdown_is_ignored(tmp_path):
+    """Ctrl-C twice: the one line and status 130 (the second SIGINT, after
+    the line, killed the process: status -2)."""
+    import select
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_SHUTDOWN, "train"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+
+    def line(stream):
+        ready, _, _ = select.select([stream], [], [], 60)
+        return stream.readline() if ready else ""
+
+    try:
+        assert line(process.stdout) == "ready\n"
+        process.send_signal(signal.SIGINT)
+        said = line(process.stderr)  # Keras start-up records first
+        while said and "interrupted" not in said:
+            said = line(process.stderr)
+        assert said.startswith("keras-segformer train: interrupted;"), said
+        process.send_signal(signal.SIGINT)  # during the 3 s shutdown
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and not err.strip(), err
+
+
 def _fake_model(classes=19, hidden=64, decoder=768):
     return types.SimpleNamespace(
         backbone=types.SimpleNamespace(hidden_sizes=[hidden]),

@@ -32,7 +32,9 @@ complete epoch).
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 # Errors the commands raise for bad input; they name the file or argument.
 # (CheckpointError and DataError are ValueErrors.)
@@ -140,11 +142,15 @@ def main(argv=None):
         file was written, 5 training diverged (``train``, ``demo``), 130
         interrupted (Ctrl-C).
     """
+    if argv is None:  # the command itself, not a call from Python
+        _interrupt_once()
     try:
         return _main(argv)
     except KeyboardInterrupt:
         if _debug_requested(argv):
             raise
+        if argv is None and _main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         command = _command_name(argv)
         sys.stdout.flush()
         print(
@@ -154,6 +160,27 @@ def main(argv=None):
             file=sys.stderr,
         )
         return INTERRUPTED_STATUS
+
+
+def _main_thread():
+    return threading.current_thread() is threading.main_thread()
+
+
+def _interrupt_once():
+    """Make the first Ctrl-C raise ``KeyboardInterrupt`` as usual and
+    ignore the ones after it: the clean-up, the one line and the shutdown
+    of the libraries (seconds for TensorFlow) then end in status 130; an
+    impatient second Ctrl-C killed the process after the line (status
+    -2). Left alone where SIGINT is ignored or someone else's."""
+    if _main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        signal.signal(signal.SIGINT, _first_interrupt)
+
+
+def _first_interrupt(signum, frame):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _debug_requested(argv):
