@@ -399,6 +399,7 @@ RUN_ONCE = {
         "test_files_without_a_run_record_are_refused_and_overwritten",
         "test_command_on_a_finished_run_does_nothing",
         "test_command_names_the_setting_that_differs",
+        "test_command_names_the_data_or_class_names_that_differ",
         "test_command_continues_with_more_epochs_and_overwrites",
     },
     "test_train_cli.py": {

@@ -356,3 +356,28 @@ def test_segmenter_refuses_scales_that_cannot_fit(monkeypatch):
     mask = Segmenter(model, mode="slide", crop_size=128, scales=(1.0,))(image)
     assert mask.shape == (512, 512)
     keras.backend.clear_session()
+
+
+def test_masks_without_an_image_are_said_and_a_file_is_not_a_folder(
+    tmp_path,
+):
+    from keras_segformer.data.loading import pair_folders
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    Image.new("RGB", (4, 4)).save(images / "a.jpg")
+    for name in ("a", "b", "c"):
+        Image.new("L", (4, 4)).save(masks / f"{name}.png")
+    with pytest.warns(UserWarning) as record:
+        found = pair_folders(images, masks)
+    assert found == ([str(images / "a.jpg")], [str(masks / "a.png")])
+    assert [str(w.message) for w in record] == [
+        f"2 mask(s) in {masks} have no image in {images} and are not used, "
+        f"e.g. {masks / 'b.png'}."
+    ]
+    with pytest.raises(ValueError) as e:
+        pair_folders(images / "a.jpg", masks)
+    assert str(e.value) == (
+        f"The image folder {images / 'a.jpg'} is a file, not a folder."
+    )

@@ -394,3 +394,85 @@ def test_train_out_that_cannot_be_a_folder(tmp_path, capsys, kind):
     assert err.startswith(expected), err
     assert len(err.splitlines()) == 1
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def _train_args(shapes, out, *extra):
+    train = shapes["train"]
+    return [
+        "train",
+        "--num-classes",
+        str(NUM_CLASSES),
+        "--images",
+        os.path.dirname(train.images[0]),
+        "--masks",
+        os.path.dirname(train.masks[0]),
+        "--epochs",
+        "1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "64",
+        "--base-size",
+        "128",
+        "64",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_train_warns_of_lr_0_and_cuts_a_long_warmup(
+    shapes, tmp_path, capsys, monkeypatch
+):
+    """--warmup-steps is at most half of all steps (its help says so):
+    cut, with a warning; --lr 0 trains nothing: said."""
+    import keras_segformer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "fit", lambda m, d, **kw: seen.update(kw))
+    monkeypatch.setattr(
+        keras_segformer,
+        "build_segformer",
+        lambda n, variant=None, **kw: tiny_segformer(n, **kw),
+    )
+    extra = ["--lr", "0", "--warmup-steps", "100", "--epochs", "3"]
+    assert main(_train_args(shapes, tmp_path / "o", *extra)) == 0
+    assert seen["warmup_steps"] == 1 and seen["learning_rate"] == 0
+    err = capsys.readouterr().err
+    assert (
+        "keras-segformer train: warning: --warmup-steps 100 is more than "
+        "half of the run's 3 steps: 1 warmup steps used." in err
+    ), err
+    assert (
+        "keras-segformer train: warning: --lr 0: the weights will not "
+        "change (no training)." in err
+    ), err
+
+
+@pytest.mark.parametrize("flag", ["--images", "--masks", "--val-masks"])
+def test_train_data_flag_given_a_file(shapes, tmp_path, capsys, flag):
+    path = shapes["train"].images[0]
+    extra = [flag, path]
+    if flag == "--val-masks":
+        extra += ["--val-images", os.path.dirname(path)]
+    assert main(_train_args(shapes, tmp_path / "o", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"keras-segformer train: error: {flag} {path} is a file, not a folder."
+    )
+
+
+def test_train_init_of_another_variant_names_it(shapes, tmp_path, capsys):
+    init = str(tmp_path / "tiny.keras")
+    tiny_segformer(NUM_CLASSES).save(init)
+    extra = ["--variant", "b0", "--init", init]
+    assert main(_train_args(shapes, tmp_path / "o", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"keras-segformer train: error: --init {init} is a model of another "
+        "size (depths [1, 1, 1, 1], hidden_sizes [8, 16, 24, 32]); --variant "
+        "b0 has depths [2, 2, 2, 2], hidden_sizes [32, 64, 160, 256]: pass "
+        "the --variant of the --init model, or an --init of this variant."
+    ), err

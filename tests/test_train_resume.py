@@ -377,6 +377,39 @@ def test_command_names_the_setting_that_differs(
     assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
+def test_command_names_the_data_or_class_names_that_differ(
+    shapes, finished, tmp_path, capsys
+):
+    """The data folders (as real paths) and the class names are part of
+    the run: another folder or other names are refused, a link to the
+    same folder is the same run."""
+    folder = os.path.dirname(shapes["train"].images[0])
+    link = tmp_path / "link"
+    link.symlink_to(folder)
+    capsys.readouterr()
+    assert main(_args(shapes, finished, "--images", str(link))) == 0
+    assert "holds a finished run" in capsys.readouterr().out
+    val = shapes["val"]
+    other = [os.path.dirname(f[0]) for f in (val.images, val.masks)]
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(["a", "b", "c", "d"]))
+    for change, recorded, asked in [
+        (
+            ["--images", other[0], "--masks", other[1]],
+            f"--images {os.path.realpath(folder)}",
+            os.path.realpath(other[0]),
+        ),
+        (["--labels", str(labels)], "--labels unset", "a b c d"),
+    ]:
+        assert main(_args(shapes, finished, *change)) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"keras-segformer train: error: {finished} holds a run with "
+            f"{recorded}; this command asks for {asked}: use the same "
+            "settings to resume, or --overwrite / another --out."
+        ), err
+
+
 def test_command_continues_with_more_epochs_and_overwrites(
     shapes, finished, tmp_path, capsys, tiny_cli
 ):

@@ -7,6 +7,7 @@ writes prediction overlays, all under ``--out``.
 
 import os
 import time
+import warnings
 
 from keras_segformer.errors import plural
 
@@ -179,6 +180,11 @@ def run(args):
         # refused while its data and model are still its own.
         trainer.check_run(
             os.path.join(out, "train"), epochs=args.epochs, settings=settings
+        )
+    if args.lr == 0:
+        warnings.warn(
+            "--lr 0: the weights will not change (no training).",
+            stacklevel=2,
         )
     print(f"backend: {keras.backend.backend()}; output: {out}")
     train, val, names, train_ds, val_ds = _datasets(args)

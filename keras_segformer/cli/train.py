@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+import warnings
 
 from keras_segformer.cli.common import (
     add_batch_size,
@@ -20,6 +21,9 @@ from keras_segformer.cli.common import (
     size_value,
 )
 from keras_segformer.errors import plural
+
+# The recipe's warmup (mmseg's 1500 iterations), for runs long enough.
+WARMUP_STEPS = 1500
 
 
 def add_parser(subparsers):
@@ -105,8 +109,11 @@ def _add_recipe_arguments(p):
     p.add_argument(
         "--warmup-steps",
         type=int_at_least(0),
-        default=1500,
-        help="steps of linear warmup (at most half of all steps)",
+        help=(
+            f"steps of linear warmup, at most half of all steps (default: "
+            f"{WARMUP_STEPS}, cut to that half; a value given is cut with a "
+            "warning)"
+        ),
     )
     add_reduce_labels(p)
 
@@ -173,6 +180,7 @@ def _init_model(args, id2label, resume=False):
         if args.init.endswith(".weights.h5"):
             weights = {"variant": args.variant, "num_classes": args.num_classes}
         source = load_any_model(args.init, **weights)
+        _check_init_encoder(args, source, model)
         if getattr(source, "num_classes", None) == args.num_classes:
             model.set_weights(source.get_weights())
             print(f"init: all weights from {args.init}")
@@ -192,6 +200,36 @@ def _init_model(args, id2label, resume=False):
         print(f"init: encoder weights from {args.init}, new head")
     print(report)
     return model
+
+
+def _check_init_encoder(args, source, model):
+    """Refuse an ``--init`` model whose encoder is another variant's, in
+    one line naming both (Keras' own error names a weight shape only)."""
+    from keras_segformer.configs import VARIANTS
+
+    src = getattr(source, "backbone", source)
+    keys = ("depths", "hidden_sizes")
+    theirs = {k: list(getattr(src, k, None) or []) for k in keys}
+    ours = {k: list(getattr(model.backbone, k)) for k in keys}
+    if not all(theirs.values()) or theirs == ours:
+        return
+    name = next(
+        (
+            f"a SegFormer-{v.upper()} model"
+            for v, row in VARIANTS.items()
+            if all(list(row.get(k, [])) == theirs[k] for k in keys)
+        ),
+        "a model of another size",
+    )
+
+    def shown(config):
+        return ", ".join(f"{k} {v}" for k, v in config.items())
+
+    raise ValueError(
+        f"--init {args.init} is {name} ({shown(theirs)}); --variant "
+        f"{args.variant} has {shown(ours)}: pass the --variant of the "
+        "--init model, or an --init of this variant."
+    )
 
 
 def run(args):
@@ -236,11 +274,24 @@ def run(args):
         return _train(args)
 
 
-def _settings(args, steps):
+def _settings(args, steps, id2label):
     """The flags that define a run, recorded in ``run.json`` and compared
-    when the run is started again (``--init``, ``--devices``, the folders
-    and the class names may change between restarts)."""
+    when the run is started again (``--init`` and ``--devices`` may change
+    between restarts; the data folders are compared as real paths, the
+    class names by value)."""
+
+    def folder(path):
+        return None if path is None else os.path.realpath(path)
+
+    names = (
+        None if id2label is None else [id2label[i] for i in sorted(id2label)]
+    )
     return {
+        "--images": folder(args.images),
+        "--masks": folder(args.masks),
+        "--val-images": folder(args.val_images),
+        "--val-masks": folder(args.val_masks),
+        "--labels": names,
         "--variant": args.variant,
         "--num-classes": args.num_classes,
         "--crop-size": args.crop_size,
@@ -261,12 +312,16 @@ def _train(args, replicas=None):
     from keras_segformer.training import trainer
 
     output_folder(args.out)
+    given_warmup = args.warmup_steps is not None
+    if not given_warmup:  # recorded as before: 1500
+        args.warmup_steps = WARMUP_STEPS
     id2label = read_class_names(args.labels, args.num_classes)
+    _check_folders(args)
     images, masks = resolve_pairs(args.images, args.masks)
     steps = args.steps
     if steps is None:
         steps = max(1, len(images) // args.batch_size)
-    settings = _settings(args, steps)
+    settings = _settings(args, steps, id2label)
     resume = False
     if args.overwrite:
         from keras_segformer.training.run_files import check_overwrite
@@ -282,6 +337,12 @@ def _train(args, replicas=None):
             print(status.message())
             return 0
         resume = status.source is not None
+    warmup = _warmup_steps(args, steps, warn=given_warmup)
+    if args.lr == 0:
+        warnings.warn(
+            "--lr 0: the weights will not change (no training).",
+            stacklevel=2,
+        )
     _check_memory(args, replicas)  # before any data is read or built
     train_ds, val_ds = _datasets(args, (images, masks), replicas)
     model = _init_model(args, id2label, resume=resume)
@@ -294,13 +355,40 @@ def _train(args, replicas=None):
             steps_per_epoch=steps,
             validation_data=val_ds,
             learning_rate=args.lr,
-            warmup_steps=min(args.warmup_steps, args.epochs * steps // 2),
+            warmup_steps=warmup,
             overwrite=args.overwrite,
             settings=settings,
         )
     if replicas is None or replicas.cluster.chief:
         print(f"saved {os.path.join(args.out, trainer.FINAL_MODEL)}")
     return 0
+
+
+def _check_folders(args):
+    """Refuse a data flag that names a file or nothing, naming the flag."""
+    flags = ("--images", "--masks", "--val-images", "--val-masks")
+    for flag in flags:
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if path is None or os.path.isdir(path):
+            continue
+        if os.path.exists(path):
+            raise ValueError(f"{flag} {path} is a file, not a folder.")
+        raise ValueError(f"{flag}: the folder {path} does not exist.")
+
+
+def _warmup_steps(args, steps, warn=True):
+    """``--warmup-steps``, at most half of all steps (as its help says),
+    with a warning when a value given (``warn``) is cut."""
+    total = args.epochs * steps
+    limit = total // 2
+    if args.warmup_steps <= limit or not warn:
+        return min(args.warmup_steps, limit)
+    warnings.warn(
+        f"--warmup-steps {args.warmup_steps} is more than half of the run's "
+        f"{plural(total, 'step')}: {limit} warmup steps used.",
+        stacklevel=2,
+    )
+    return limit
 
 
 def _check_memory(args, replicas=None):

@@ -373,7 +373,8 @@ def pair_folders(image_dir, mask_dir):
     """Pair images and masks in two folder trees by relative name (no suffix).
 
     ``images/a/x.jpg`` pairs with ``masks/a/x.png``. Masks without an image
-    are ignored; an image without a mask is an error.
+    are ignored with a warning naming the first; an image without a mask is
+    an error.
 
     Args:
         image_dir: str or PathLike. Folder of images (searched recursively).
@@ -383,6 +384,10 @@ def pair_folders(image_dir, mask_dir):
         ``(image_paths, mask_paths)``, two lists of str sorted by name.
     """
     for name, directory in (("image", image_dir), ("mask", mask_dir)):
+        if Path(directory).is_file():
+            raise ValueError(
+                f"The {name} folder {directory} is a file, not a folder."
+            )
         if not Path(directory).is_dir():
             raise ValueError(f"The {name} folder {directory} does not exist.")
     images = _scan(Path(image_dir), IMAGE_EXTENSIONS)
@@ -397,6 +402,15 @@ def pair_folders(image_dir, mask_dir):
             f"Image file {missing[0]} has no mask in {mask_dir} (looked for "
             f"the same name with one of {MASK_EXTENSIONS}); "
             f"{len(missing)} image(s) without a mask in total."
+        )
+    extra = [masks[k] for k in masks if k not in images]
+    if extra:
+        # Ignored, as documented, but said: a set that shrank without a
+        # word (images misnamed or not copied) looks like a whole one.
+        warnings.warn(
+            f"{len(extra)} mask(s) in {mask_dir} have no image in "
+            f"{image_dir} and are not used, e.g. {extra[0]}.",
+            stacklevel=2,
         )
     keys = sorted(images)
     return [images[k] for k in keys], [masks[k] for k in keys]
