@@ -13,6 +13,7 @@ others.
 import dataclasses
 import json
 import os
+import warnings
 
 # The one writer of the package; its names are re-exported here.
 from keras_segformer.io_atomic import (  # noqa: F401
@@ -102,6 +103,11 @@ class RunStatus:
         )
 
 
+# Settings a run may continue with another value of, with a warning: the
+# data folders (the same data at another path after a restart).
+MOVABLE = ("--images", "--masks", "--val-images", "--val-masks")
+
+
 def check_run(out_dir, *, epochs, settings=None, cleared=False):
     """Read the run in ``out_dir`` and check it against a new request.
 
@@ -147,7 +153,17 @@ def check_run(out_dir, *, epochs, settings=None, cleared=False):
     status.record = record
     recorded = record.get("settings", {})
     for key, value in settings.items():
-        if key in recorded and recorded[key] != value:
+        if key in recorded and recorded[key] != value and key in MOVABLE:
+            # Data staged at another path on each restart (a cluster
+            # node's scratch disk) is the same run: said, not refused.
+            warnings.warn(
+                f"{out_dir} holds a run trained with "
+                f"{_setting(key, recorded[key])}; continuing it with "
+                f"{_setting(key, value, again=True)} (fine if the same data "
+                "moved; otherwise use --overwrite or another --out).",
+                stacklevel=2,
+            )
+        elif key in recorded and recorded[key] != value:
             raise ValueError(
                 f"{out_dir} holds a run with {_setting(key, recorded[key])}; "
                 f"this {words['request']} asks for "
