@@ -346,12 +346,19 @@ def test_a_second_interrupt_during_the_shutdown_is_ignored(tmp_path):
     import select
     import signal
 
+    def interruptible():
+        # A command started in the background (CI's parallel parts, nohup)
+        # inherits SIGINT ignored, as a terminal's Ctrl-C never reaches it;
+        # the child here is a command run in a terminal.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     process = subprocess.Popen(
         [sys.executable, "-c", _SLOW_SHUTDOWN, "train"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        preexec_fn=interruptible,
     )
 
     def line(stream):
