@@ -140,13 +140,14 @@ def _add_timing(parser):
         "--quant-model",
         help="a trained .keras model: each of our deployed columns also "
         "exports it and reports the artifact's mIoU beside the float32 "
-        "model's on --quant-data (e.g. make demo's model)",
+        "model's on --quant-data (e.g. make demo's model; default: none, "
+        "no mIoU table)",
     )
     parser.add_argument(
         "--quant-data",
         help="the data of --quant-model: images/ and masks/ paired by name "
         "(with train/ and val/: scored on val/, int8 calibrated on 8 "
-        "train/ images)",
+        "train/ images; default: none)",
     )
     parser.add_argument(
         "--keep-artifacts",
