@@ -153,24 +153,27 @@ def check_run(out_dir, *, epochs, settings=None, cleared=False):
     status.record = record
     recorded = record.get("settings", {})
     for key, value in settings.items():
-        if key in recorded and recorded[key] != value and key in MOVABLE:
+        if key not in recorded or recorded[key] == value:
+            continue
+        if key in MOVABLE:
             # Data staged at another path on each restart (a cluster
             # node's scratch disk) is the same run: said, not refused.
             warnings.warn(
                 f"{out_dir} holds a run trained with "
                 f"{_setting(key, recorded[key])}; continuing it with "
                 f"{_setting(key, value, again=True)} (fine if the same data "
-                "moved; otherwise use --overwrite or another --out).",
+                f"moved; otherwise use {words['overwrite']} or another "
+                f"{words['out']}).",
                 stacklevel=2,
             )
-        elif key in recorded and recorded[key] != value:
-            raise ValueError(
-                f"{out_dir} holds a run with {_setting(key, recorded[key])}; "
-                f"this {words['request']} asks for "
-                f"{_setting(key, value, again=True)}: use the same settings "
-                f"to resume, or {words['overwrite']} / another "
-                f"{words['out']}."
-            )
+            continue
+        raise ValueError(
+            f"{out_dir} holds a run with {_setting(key, recorded[key])}; "
+            f"this {words['request']} asks for "
+            f"{_setting(key, value, again=True)}: use the same settings "
+            f"to resume, or {words['overwrite']} / another "
+            f"{words['out']}."
+        )
     state = read_backup_state(os.path.join(out_dir, BACKUP))
     backup_epochs = state["epoch"] if state else 0
     if os.path.isfile(os.path.join(out_dir, FINAL_MODEL)):
