@@ -20,7 +20,6 @@ from keras_segformer.export.formats import (
     ONNX_OPSET,
     model_normalizes,
 )
-from keras_segformer.inference.processing import normalize_image
 from keras_segformer.io_atomic import (
     disk_full_error,
     no_space,
@@ -167,13 +166,13 @@ def write_saved_model(fn, path, normalized_input=None):
 
 
 def _representative_dataset(images, input_dtype, normalize):
+    """The TFLite converter's calibration data: the batches the ONNX
+    quantization calibrates on, each as a one-input list."""
+    from keras_segformer.export.onnx_quantize import calibration_batches
+
     def generate():
-        for rgb in images:
-            if normalize:
-                x = normalize_image(rgb)
-            else:
-                x = np.asarray(rgb).astype(input_dtype)
-            yield [x[None]]
+        for x in calibration_batches(images, input_dtype, normalize):
+            yield [x]
 
     return generate
 
